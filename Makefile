@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/run_all.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mlm tests bench train_mlm.py finetune.py
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf runs .pytest_cache build *.egg-info

@@ -1,0 +1,430 @@
+"""Typed settings for every pretraining stage, loadable from YAML and overridable from the CLI.
+
+Each stage has one dataclass; a docstring under each field says what it does. The defaults
+here are the only defaults: the YAML loader and the CLI parser are generated from these
+classes, so there is no second schema to keep in sync.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mlm.errors import UserError
+
+
+@dataclass
+class SourceConfig:
+    path: str
+    """A file, a directory (read recursively), a glob, or `pkg://package/sub/path` for data
+    shipped inside an installed Python package."""
+    format: str = "auto"
+    """txt | md | rst | jsonl | csv | tsv | parquet, or auto (from the file extension)."""
+    text_field: str | list[str] | None = None
+    """Field (jsonl) or column (csv/parquet) holding the text; several are joined by a blank line."""
+    document: Literal["file", "paragraph", "line"] = "file"
+    """What one document is in a text file: the whole file, each paragraph, or each line."""
+    exclude_from: str | None = None
+    """A text file listing paths (relative to `path`) to leave out, one per line; e.g. the test
+    articles of a labeled task, so they never enter pretraining."""
+    encoding: str = "utf-8"
+    """Text encoding of the files."""
+    errors: Literal["replace", "skip", "fail"] = "replace"
+    """Invalid bytes: replace them, skip the file, or fail naming the file."""
+
+
+@dataclass
+class CleanConfig:
+    normalization: Literal["NFC", "NFKC", "none"] = "NFC"
+    """Unicode normalisation applied to every document."""
+    min_chars: int = 20
+    """Documents shorter than this (after cleaning) are dropped."""
+    max_chars: int | None = None
+    """Documents longer than this are dropped (None: no limit)."""
+
+
+@dataclass
+class SplitConfig:
+    validation_fraction: float = 0.05
+    """Share of documents held out for validation loss, assigned by a hash of the text."""
+    split_seed: int = 0
+    """Salt of the hash that assigns documents to train or validation."""
+
+
+@dataclass
+class TokenizerConfig:
+    tokenizer_kind: Literal["wordpiece", "bpe", "unigram"] = "wordpiece"
+    """Algorithm of a newly trained tokenizer."""
+    tokenizer_name_or_path: str | None = None
+    """Reuse an existing tokenizer folder instead of training one."""
+    vocab_size: int = 16000
+    """Vocabulary size of a newly trained tokenizer."""
+    min_frequency: int = 2
+    """Minimum count of a merge/piece to enter the vocabulary."""
+    lowercase: bool = True
+    """Lowercase (and strip accents) before tokenizing."""
+
+
+@dataclass
+class PackingConfig:
+    max_seq_length: int = 128
+    """Tokens per training block, [CLS] and [SEP] included."""
+    num_proc: int = 1
+    """Worker processes for tokenization."""
+
+
+@dataclass
+class MaskingConfig:
+    masking_strategy: Literal["token", "whole_word", "span"] = "whole_word"
+    """Which units are masked together: single tokens, whole words, or spans of words."""
+    mlm_probability: float = 0.30
+    """Share of tokens selected for prediction during training."""
+    mlm_probability_end: float | None = None
+    """If set, the masking rate moves linearly from mlm_probability to this by the end."""
+    eval_mlm_probability: float = 0.15
+    """Masking rate of the fixed validation masks, so validation loss is comparable across runs."""
+    mask_replace_prob: float = 0.8
+    """Of the selected tokens, share replaced by [MASK]."""
+    random_replace_prob: float = 0.1
+    """Of the selected tokens, share replaced by a random token (the rest stay unchanged)."""
+
+
+@dataclass
+class ModelConfig:
+    model_family: Literal["bert", "roberta", "modernbert"] = "bert"
+    """transformers architecture of a model built from scratch."""
+    model_size: Literal["tiny", "mini", "small", "medium", "base"] = "mini"
+    """Size preset (BERT miniatures: tiny 2x128, mini 4x256, small 4x512, medium 8x512,
+    base 12x768 as layers x hidden)."""
+    model_name_or_path: str | None = None
+    """Continue pretraining from this local checkpoint instead of building from scratch."""
+    num_hidden_layers: int | None = None
+    """Override the preset's depth."""
+    hidden_size: int | None = None
+    """Override the preset's width."""
+    num_attention_heads: int | None = None
+    """Override the preset's number of attention heads."""
+    intermediate_size: int | None = None
+    """Override the preset's feed-forward width (default 4x hidden)."""
+    dropout: float = 0.0
+    """Hidden and attention dropout during pretraining (0: none, as in cramming/ModernBERT)."""
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = "runs/demo"
+    """Where the model, tokenizer, logs and checkpoints are written."""
+    learning_rate: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and norms)."""
+    warmup_ratio: float = 0.06
+    """Share of the budget spent warming the learning rate up linearly."""
+    lr_scheduler_type: Literal["linear", "cosine"] = "linear"
+    """Decay after warmup, laid out over the whole budget."""
+    per_device_train_batch_size: int = 32
+    """Blocks per device per step."""
+    per_device_eval_batch_size: int = 64
+    """Blocks per device per validation step."""
+    gradient_accumulation_steps: int = 1
+    """Steps whose gradients are summed before each optimizer update."""
+    max_steps: int | None = None
+    """Budget in optimizer updates."""
+    max_tokens: int | None = None
+    """Budget in training tokens seen."""
+    max_minutes: float | None = 8.0
+    """Budget in wall-clock minutes of training (the schedule is laid out over it)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    """Autocast precision (bf16 also on CPU, where supported)."""
+    eval_steps: int = 200
+    """Validate every this many optimizer updates (and at the end)."""
+    max_eval_blocks: int = 256
+    """Validation blocks used per evaluation."""
+    logging_steps: int = 20
+    """Log training loss every this many updates."""
+    seed: int = 42
+    """Seed of model initialisation, data order and masks."""
+    dataloader_num_workers: int = 0
+    """DataLoader worker processes."""
+    torch_threads: int | None = None
+    """torch intra-op threads (None: torch's default)."""
+
+
+@dataclass
+class HubConfig:
+    push_to_hub: bool = False
+    """Upload the result to a Hugging Face-compatible hub at the end."""
+    hub_model_id: str | None = None
+    """Repository id (namespace/name) to push to."""
+    hub_private_repo: bool = False
+    """Create the repository as private."""
+    hub_revision: str | None = None
+    """Branch to push to (default: main)."""
+    hub_token: str | None = None
+    """Token (default: HF_TOKEN or the cached login)."""
+
+
+@dataclass
+class Recipe:
+    """A pretraining recipe: which text, how to clean it, the tokenizer, the model and the run."""
+
+    sources: list[SourceConfig] = field(default_factory=list)
+    """Where the unlabeled text comes from."""
+    name: str = "recipe"
+    """Short name of the recipe (used in reports and model cards)."""
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    packing: PackingConfig = field(default_factory=PackingConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    path: str | None = field(default=None, metadata={"internal": True})
+    """File the recipe was loaded from (set by the loader)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic loading: dict -> dataclass with type checks that name the offending key.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and gently coerce) `value` against the annotation `tp`; raise UserError naming `where`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _coerce(value, options[0], where)
+        for arg in options:
+            try:
+                return _coerce(value, arg, where)
+            except UserError:
+                pass
+        expected = " or ".join(_type_name(a) for a in args if a is not type(None))
+        raise UserError(f"{where}: expected {expected}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{where}: must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping of settings, got {value!r}")
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UserError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if float(value).is_integer() else int(value)
+            except ValueError:
+                pass
+        raise UserError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build dataclass `cls` from `data`, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        here = f"{where}.{key}" if where else str(key)
+        if key not in known:
+            raise UserError(f"unknown key '{here}' (known: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(value, hints[key], here)
+    missing = [
+        f.name for f in known.values()
+        if f.name not in kwargs and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        prefix = f"{where}: " if where else ""
+        raise UserError(f"{prefix}missing required key '{missing[0]}'")
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data view of a config (for YAML dumps and fingerprints)."""
+    return dataclasses.asdict(obj)
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, with a clear error for a missing file or bad syntax."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a mapping of settings")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: one flag per scalar field of the recipe's sections (names are unique across sections).
+
+
+def _scalar_fields(cls: type) -> list[tuple[str, dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is list:
+            continue
+        out.append((f.name, f, tp))
+    return out
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under dataclass fields (read from the source, like litgpt)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def section_fields(root: type = Recipe) -> dict[str, str]:
+    """Map each CLI flag name to the recipe section that owns it."""
+    owners: dict[str, str] = {}
+    hints = typing.get_type_hints(root)
+    for f in dataclasses.fields(root):
+        tp = hints[f.name]
+        if not dataclasses.is_dataclass(tp):
+            continue
+        for name, _, _ in _scalar_fields(tp):
+            if name in owners:
+                raise AssertionError(f"flag --{name} is defined by two sections")
+            owners[name] = f.name
+    return owners
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, root: type = Recipe) -> None:
+    """Add `--field value` for every scalar field of every section of `root` (default: unset)."""
+    hints = typing.get_type_hints(root)
+    for f in dataclasses.fields(root):
+        tp = hints[f.name]
+        if not dataclasses.is_dataclass(tp):
+            continue
+        group = parser.add_argument_group(f.name)
+        docs = _field_docs(tp)
+        defaults = tp() if all(
+            g.default is not dataclasses.MISSING or g.default_factory is not dataclasses.MISSING
+            for g in dataclasses.fields(tp)
+        ) else None
+        for name, _, ftp in _scalar_fields(tp):
+            default = getattr(defaults, name, None)
+            choices = _literal_choices(ftp)
+            meta = "{" + ",".join(map(str, choices)) + "}" if choices else _metavar(ftp)
+            extra = {"nargs": "?", "const": "true"} if ftp is bool else {}
+            group.add_argument(
+                f"--{name}", default=argparse.SUPPRESS, metavar=meta,
+                help=f"{docs.get(name, '')} (default: {default})", **extra,
+            )
+
+
+def _literal_choices(tp: Any) -> tuple | None:
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    for arg in typing.get_args(tp):
+        if typing.get_origin(arg) is Literal:
+            return typing.get_args(arg)
+    return None
+
+
+def _metavar(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    return "|".join(_type_name(a).upper() for a in args)
+
+
+def apply_overrides(recipe: Recipe, overrides: dict[str, str]) -> Recipe:
+    """Set `--flag value` overrides on the recipe's sections, type-checked like YAML."""
+    owners = section_fields(type(recipe))
+    for name, raw in overrides.items():
+        section = getattr(recipe, owners[name])
+        hint = typing.get_type_hints(type(section))[name]
+        value: Any = None if isinstance(raw, str) and raw.lower() in ("none", "null") else raw
+        if value is not None and isinstance(value, str):
+            try:
+                parsed = yaml.safe_load(value)
+                if not isinstance(parsed, (dict, list)):
+                    value = parsed
+            except yaml.YAMLError:
+                pass
+        setattr(section, name, _coerce(value, hint, f"--{name}"))
+    return recipe
+
+
+def flags_markdown(root: type = Recipe) -> str:
+    """Markdown table rows `| --flag | default | doc |` for every CLI flag (used in README)."""
+    hints = typing.get_type_hints(root)
+    rows = []
+    for f in dataclasses.fields(root):
+        tp = hints[f.name]
+        if not dataclasses.is_dataclass(tp):
+            continue
+        docs = _field_docs(tp)
+        defaults = tp()
+        for name, _, _ in _scalar_fields(tp):
+            rows.append(f"| `--{name}` | `{getattr(defaults, name)}` | {f.name}: {docs.get(name, '')} |")
+    return "\n".join(rows)

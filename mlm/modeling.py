@@ -1,0 +1,115 @@
+"""Model stage: build a BERT-style masked-LM encoder from a size preset, or load a checkpoint.
+
+Models are plain transformers `*ForMaskedLM` classes, so what we save is a standard
+`save_pretrained` folder that `AutoModelForMaskedLM` and `pipeline("fill-mask")` load unchanged.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForMaskedLM,
+    BertConfig,
+    ModernBertConfig,
+    PreTrainedModel,
+    RobertaConfig,
+)
+
+from mlm.config import ModelConfig
+from mlm.errors import UserError
+
+# (layers, hidden) of the BERT miniatures (Turc et al. 2019); heads = hidden / 64.
+PRESETS = {
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+}
+
+
+def model_shape(cfg: ModelConfig) -> dict:
+    """Layers, width, heads and FFN width after applying the explicit overrides to the preset."""
+    layers, hidden = PRESETS[cfg.model_size]
+    layers = cfg.num_hidden_layers or layers
+    hidden = cfg.hidden_size or hidden
+    heads = cfg.num_attention_heads or max(1, hidden // 64)
+    if hidden % heads:
+        raise UserError(
+            f"hidden_size {hidden} is not divisible by num_attention_heads {heads}"
+        )
+    return {"num_hidden_layers": layers, "hidden_size": hidden, "num_attention_heads": heads,
+            "intermediate_size": cfg.intermediate_size or 4 * hidden}
+
+
+def build_config(cfg: ModelConfig, tokenizer, max_seq_length: int):
+    """A transformers config of the chosen family sized for `tokenizer` and `max_seq_length`."""
+    shape = model_shape(cfg)
+    common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **shape)
+    if cfg.model_family == "bert":
+        return BertConfig(max_position_embeddings=max(512, max_seq_length),
+                          hidden_dropout_prob=cfg.dropout,
+                          attention_probs_dropout_prob=cfg.dropout, **common)
+    if cfg.model_family == "roberta":
+        return RobertaConfig(max_position_embeddings=max(512, max_seq_length) + 2,
+                             hidden_dropout_prob=cfg.dropout, type_vocab_size=1,
+                             attention_probs_dropout_prob=cfg.dropout,
+                             bos_token_id=tokenizer.cls_token_id,
+                             eos_token_id=tokenizer.sep_token_id, **common)
+    return ModernBertConfig(max_position_embeddings=max(512, max_seq_length),
+                            attention_dropout=cfg.dropout, mlp_dropout=cfg.dropout,
+                            embedding_dropout=cfg.dropout,
+                            cls_token_id=tokenizer.cls_token_id,
+                            sep_token_id=tokenizer.sep_token_id,
+                            bos_token_id=tokenizer.cls_token_id,
+                            eos_token_id=tokenizer.sep_token_id, **common)
+
+
+def build_model(cfg: ModelConfig, tokenizer, max_seq_length: int) -> PreTrainedModel:
+    """A fresh masked-LM (from the preset) or one loaded from `cfg.model_name_or_path`."""
+    if cfg.model_name_or_path:
+        return load_masked_lm(cfg.model_name_or_path, tokenizer)
+    config = build_config(cfg, tokenizer, max_seq_length)
+    return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
+
+
+def load_masked_lm(path: str | Path, tokenizer=None) -> PreTrainedModel:
+    """Load a local checkpoint as a masked LM, from safetensors, without running its code."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a model folder (no config.json)")
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(
+            str(path), config=config, use_safetensors=True, trust_remote_code=False,
+            attn_implementation="sdpa",
+        )
+    except ValueError as exc:
+        raise UserError(f"{path}: cannot be loaded as a masked-LM model ({exc})") from None
+    if tokenizer is not None and len(tokenizer) != model.get_input_embeddings().num_embeddings:
+        raise UserError(
+            f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings have "
+            f"{model.get_input_embeddings().num_embeddings} rows"
+        )
+    return model
+
+
+def count_parameters(model: torch.nn.Module, embeddings: bool = True) -> int:
+    """Number of parameters (optionally without the input and position embeddings)."""
+    total = sum(p.numel() for p in model.parameters())
+    if embeddings:
+        return total
+    emb = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    return total - emb
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward): 6 N + 12 L H S (Kaplan/PaLM estimate),
+    with N the non-embedding weights plus the output projection to the vocabulary."""
+    L, H = config.num_hidden_layers, config.hidden_size
+    inter = getattr(config, "intermediate_size", 4 * H)
+    per_layer = 4 * H * H + 2 * H * inter
+    n = L * per_layer + H * H + H * config.vocab_size
+    return 6.0 * n + 12.0 * L * H * seq_len

