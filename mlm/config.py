@@ -114,6 +114,8 @@ class ModelConfig:
     """Override the preset's feed-forward width (default 4x hidden)."""
     dropout: float = 0.0
     """Hidden and attention dropout during pretraining (0: none, as in cramming/ModernBERT)."""
+    sparse_prediction: bool = True
+    """Run the prediction head only on the selected tokens (the saved model is unchanged)."""
 
 
 @dataclass
@@ -154,6 +156,16 @@ class TrainingConfig:
     """Seed of model initialisation, data order and masks."""
     dataloader_num_workers: int = 0
     """DataLoader worker processes."""
+    save_steps: int | None = None
+    """Write a checkpoint every this many optimizer updates."""
+    save_minutes: float | None = 10.0
+    """Write a checkpoint every this many minutes of training."""
+    save_total_limit: int = 2
+    """Checkpoints kept in output_dir/checkpoints (the oldest are removed)."""
+    resume: bool = False
+    """Continue from the latest checkpoint in output_dir/checkpoints."""
+    max_nonfinite_steps: int = 5
+    """Stop after this many non-finite losses in a row (each such step is skipped)."""
     torch_threads: int | None = None
     """torch intra-op threads (None: torch's default)."""
 

@@ -32,6 +32,9 @@ class MaskingCollator:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_step(self, step: int) -> None:
+        self.calls = step
+
     def set_mlm_probability(self, p: float) -> None:
         self.mlm_probability = p
 

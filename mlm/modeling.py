@@ -113,3 +113,39 @@ def flops_per_token(config, seq_len: int) -> float:
     per_layer = 4 * H * H + 2 * H * inter
     n = L * per_layer + H * H + H * config.vocab_size
     return 6.0 * n + 12.0 * L * H * seq_len
+
+
+
+class MaskedLMObjective(torch.nn.Module):
+    """The training objective around a `*ForMaskedLM`: mean cross-entropy on selected tokens.
+
+    With `sparse`, the prediction head (the costliest layer of a small model with a large
+    vocabulary) runs only on the selected positions rather than on every token. Wrapping the
+    model in one module keeps DDP's gradient hooks on the path; what is saved is still the
+    inner, standard `*ForMaskedLM`.
+    """
+
+    def __init__(self, model: PreTrainedModel, sparse: bool = False):
+        super().__init__()
+        self.model = model
+        self.sparse = sparse
+        family = model.config.model_type
+        self.head_name = {"bert": "cls", "roberta": "lm_head"}.get(family)
+        if sparse and family == "modernbert":  # ModernBERT implements sparse prediction itself
+            model.config.sparse_prediction = True
+        elif sparse and self.head_name is None:
+            raise UserError(f"sparse prediction is not available for model type '{family}'")
+
+    def forward(self, input_ids, attention_mask, labels, masked_positions=None, **_):
+        if not self.sparse or self.head_name is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              labels=labels).loss
+        hidden = self.model.base_model(input_ids=input_ids,
+                                       attention_mask=attention_mask).last_hidden_state
+        flat_labels = labels.reshape(-1)
+        if masked_positions is None:
+            masked_positions = torch.nonzero(flat_labels != -100).squeeze(1)
+        selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions)
+        logits = getattr(self.model, self.head_name)(selected)
+        return torch.nn.functional.cross_entropy(
+            logits.float(), flat_labels.index_select(0, masked_positions))

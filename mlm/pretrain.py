@@ -9,12 +9,15 @@ import json
 import math
 import os
 import platform
+import shutil
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from datasets import Dataset, load_from_disk
 from torch.utils.data import DataLoader, Sampler
@@ -25,7 +28,7 @@ from mlm.corpus import build_corpus
 from mlm.corpus.build import corpus_stats
 from mlm.errors import UserError
 from mlm.masking import MaskingCollator
-from mlm.modeling import build_model, count_parameters, flops_per_token
+from mlm.modeling import MaskedLMObjective, build_model, count_parameters, flops_per_token
 from mlm.packing import pack
 from mlm.recipe import _hash, corpus_fingerprint, fingerprint
 from mlm.report import plot_loss_curve
@@ -88,19 +91,59 @@ def prepare_data(recipe: Recipe, accelerator: Accelerator | None = None):
 # Small helpers: sampler, schedule, parameter groups, validation, peak FLOPs.
 
 
-class EpochSampler(Sampler):
-    """A fresh seeded permutation per epoch, started at any position (for constant-time resume)."""
+class EpochBatches(Sampler):
+    """This rank's batches of one epoch, as lists of (global batch index, row index).
 
-    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0):
-        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+    Global batch b of epoch e holds rows perm_e[b*B:(b+1)*B] of a seeded permutation; rank r
+    of W takes b = start + r, start + r + W, ... Starting anywhere costs nothing (resume is by
+    index), and since masks are seeded by the global batch index, W processes see exactly the
+    batches and masks that one process with W-fold gradient accumulation would.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0,
+                 rank: int = 0, world: int = 1, usable: int | None = None):
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.start, self.rank, self.world = start, rank, world
+        self.usable = usable if usable is not None else n // batch_size
 
     def __iter__(self):
         gen = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        order = torch.randperm(self.n, generator=gen)
-        return iter(order[self.start:].tolist())
+        order = torch.randperm(self.n, generator=gen).tolist()
+        for b in range(self.start + self.rank, self.usable, self.world):
+            yield [(b, i) for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return len(range(self.start + self.rank, self.usable, self.world))
+
+
+class IndexedBlocks(torch.utils.data.Dataset):
+    """Packed blocks fetched a batch at a time; each example carries its global batch index."""
+
+    def __init__(self, rows: Dataset):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict]:
+        batch = self.rows[[i for _, i in keys]]
+        return [{**{k: v[j] for k, v in batch.items()}, "batch_index": keys[0][0]}
+                for j in range(len(keys))]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        return self.__getitems__([key])[0]
+
+
+class SeededCollate:
+    """Calls the masking collator with its step set to the global batch index."""
+
+    def __init__(self, collator: MaskingCollator):
+        self.collator = collator
+
+    def __call__(self, examples: list[dict]) -> dict:
+        self.collator.set_step(examples[0]["batch_index"])
+        return self.collator([{k: v for k, v in e.items() if k != "batch_index"}
+                              for e in examples])
 
 
 def lr_factor(progress: float, warmup: float, kind: str) -> float:
@@ -114,7 +157,7 @@ def lr_factor(progress: float, warmup: float, kind: str) -> float:
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay for biases, norms and embeddings' norms."""
+    """AdamW groups: no weight decay for biases and norms."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -125,18 +168,24 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[dict], accelerator: Accelerator) -> float:
-    """Mean masked-LM loss over fixed validation batches; sums, never logits, are kept."""
-    model.eval()
+def evaluate(objective, batches: list[dict], accelerator: Accelerator) -> float:
+    """Mean masked-LM loss over fixed validation batches (rank r takes batches r, r+W, ...).
+
+    Loss sums and token counts are accumulated, never logits, so memory stays flat.
+    """
+    # The unwrapped module: DDP's forward is a collective, and ranks may hold unequal counts
+    # of validation batches.
+    objective = accelerator.unwrap_model(objective)
+    objective.eval()
     total = torch.zeros(2, device=accelerator.device)
-    for batch in batches:
+    for batch in batches[accelerator.process_index::accelerator.num_processes]:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            loss = model(**batch).loss
+            loss = objective(**batch)
         n = (batch["labels"] != -100).sum()
         total += torch.stack([loss.float() * n, n.float()])
     total = accelerator.reduce(total, reduction="sum")
-    model.train()
+    objective.train()
     return (total[0] / total[1].clamp(min=1)).item()
 
 
@@ -169,6 +218,9 @@ class Progress:
     step: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    nonfinite_total: int = 0
 
     def fraction(self, recipe: Recipe) -> float:
         t = recipe.training
@@ -183,7 +235,92 @@ class Progress:
 
 
 # ---------------------------------------------------------------------------------------------
+# Checkpoints: written to a temporary folder and renamed, so a crash never leaves half of one.
+
+RESUME_IGNORED = {("training", k) for k in (
+    "output_dir", "resume", "max_steps", "max_tokens", "max_minutes", "eval_steps",
+    "logging_steps", "save_steps", "save_minutes", "save_total_limit", "torch_threads",
+    "dataloader_num_workers")} | {("hub", None)}
+
+
+def _checkpoint_root(recipe: Recipe) -> Path:
+    return Path(recipe.training.output_dir) / "checkpoints"
+
+
+def latest_checkpoint(recipe: Recipe) -> Path | None:
+    """The newest complete checkpoint folder, if any."""
+    root = _checkpoint_root(recipe)
+    done = sorted(p for p in root.glob("step-*") if (p / "training_state" / "progress.json").is_file())
+    return done[-1] if done else None
+
+
+def save_checkpoint(recipe, accelerator, objective, tokenizer, progress: Progress,
+                    sampler_state: dict) -> None:
+    """Model folder + training state (optimizer, RNG, data position) for an exact resume."""
+    root = _checkpoint_root(recipe)
+    final = root / f"step-{progress.step:08d}"
+    tmp = root / f".tmp-step-{progress.step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "training_state"))
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(objective).model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        state = {"progress": asdict(progress), **sampler_state}
+        (tmp / "training_state" / "recipe.json").write_text(json.dumps(to_dict(recipe), indent=1))
+        # progress.json last: its presence marks the checkpoint complete
+        (tmp / "training_state" / "progress.json").write_text(json.dumps(state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        kept = sorted(p for p in root.glob("step-*"))
+        for old in kept[: max(0, len(kept) - recipe.training.save_total_limit)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def recipe_differences(saved: dict, current: dict) -> list[str]:
+    """Settings that differ between a checkpoint's recipe and the current one (budgets aside)."""
+    diffs = []
+    for section, values in current.items():
+        if ("hub", None) in RESUME_IGNORED and section == "hub":
+            continue
+        old = saved.get(section)
+        if isinstance(values, dict) and isinstance(old, dict):
+            for key, value in values.items():
+                if (section, key) not in RESUME_IGNORED and old.get(key) != value:
+                    diffs.append(f"{section}.{key}: {old.get(key)!r} -> {value!r}")
+        elif section not in ("path",) and old != values:
+            diffs.append(f"{section} changed")
+    return diffs
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop.
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each update (then checkpoints)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def pretrain(recipe: Recipe) -> Path:
@@ -195,115 +332,203 @@ def pretrain(recipe: Recipe) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if t.torch_threads:
         torch.set_num_threads(t.torch_threads)
+    resume_from = None
+    if t.resume:
+        resume_from = latest_checkpoint(recipe)
+        if resume_from is None:
+            raise UserError(f"--resume: no checkpoint in {_checkpoint_root(recipe)}")
+        saved = json.loads((resume_from / "training_state" / "recipe.json").read_text())
+        diffs = recipe_differences(saved, to_dict(recipe))
+        if diffs:
+            raise UserError(f"--resume refused, the recipe differs from the checkpoint's: "
+                            f"{'; '.join(diffs)}")
+    # Accelerate keeps its settings in a process-wide singleton; a second pretrain() in the same
+    # process (tests, notebooks) with another precision would be refused. Reset the settings but
+    # keep the process group (PartialState).
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.gradient_accumulation_steps,
         log_with="tensorboard", project_dir=str(out),
+        # Without a GPU, Accelerate only joins the launcher's process group (MULTI_CPU, gloo)
+        # when told it runs on CPU; otherwise each process would train alone.
+        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
     set_seed(t.seed)
     tokenizer, train_blocks, val_blocks, stats = prepare_data(recipe, accelerator)
     model = build_model(recipe.model, tokenizer, recipe.packing.max_seq_length)
+    objective = MaskedLMObjective(model, sparse=recipe.model.sparse_prediction)
     m = recipe.masking
+    sparse = recipe.model.sparse_prediction
     collator = MaskingCollator(
         tokenizer, strategy=m.masking_strategy, mlm_probability=m.mlm_probability,
         mask_replace_prob=m.mask_replace_prob, random_replace_prob=m.random_replace_prob,
-        seed=t.seed,
+        seed=t.seed, return_masked_positions=sparse,
     )
-    collator.rank = accelerator.process_index
-    eval_collator = MaskingCollator(tokenizer, strategy=m.masking_strategy,
-                                    mlm_probability=m.eval_mlm_probability, seed=12345)
-    val_subset = val_blocks.select(range(min(len(val_blocks), t.max_eval_blocks)))
-    val_subset = val_subset.shard(accelerator.num_processes, accelerator.process_index)
-    val_rows = val_subset.with_format("torch", columns=BLOCK_COLUMNS)
-    val_batches = [
-        eval_collator([val_rows[j] for j in range(i, min(i + t.per_device_eval_batch_size,
-                                                        len(val_rows)))])
-        for i in range(0, len(val_rows), t.per_device_eval_batch_size)
-    ]
-    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.learning_rate,
+    val_batches = fixed_validation_batches(recipe, tokenizer, val_blocks, sparse)
+    optimizer = torch.optim.AdamW(param_groups(objective, t.weight_decay), lr=t.learning_rate,
                                   betas=(0.9, 0.98), eps=1e-6)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    train_rows = train_blocks.with_format("torch", columns=BLOCK_COLUMNS)
-    tokens_per_update = (t.per_device_train_batch_size * recipe.packing.max_seq_length
-                         * accelerator.num_processes * t.gradient_accumulation_steps)
-    accelerator.init_trackers("tensorboard")
-    metrics = (out / "metrics.jsonl").open("w") if accelerator.is_main_process else None
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    train_rows = IndexedBlocks(train_blocks.with_format("torch", columns=BLOCK_COLUMNS))
+    world, accum, bsz = accelerator.num_processes, t.gradient_accumulation_steps, \
+        t.per_device_train_batch_size
+    per_update = world * accum  # global batches consumed by one optimizer update
+    usable = (len(train_rows) // bsz) // per_update * per_update
+    if usable == 0:
+        raise UserError(f"the corpus yields {len(train_rows)} training blocks, fewer than one "
+                        f"update needs ({bsz} x {per_update}); lower --per_device_train_batch_size")
+    tokens_per_update = bsz * recipe.packing.max_seq_length * per_update
     progress = Progress()
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from / "training_state"))
+        state = json.loads((resume_from / "training_state" / "progress.json").read_text())
+        progress = Progress(**state["progress"])
+        accelerator.print(f"resumed from {resume_from} (step {progress.step})")
+    accelerator.init_trackers("tensorboard")
+    metrics = None
+    if accelerator.is_main_process:
+        metrics = (out / "metrics.jsonl").open("a" if resume_from else "w")
+        if resume_from:  # drop rows logged after the checkpoint we resume from
+            metrics.close()
+            _truncate_metrics(out / "metrics.jsonl", progress.step)
+            metrics = (out / "metrics.jsonl").open("a")
     bar = tqdm(total=100, unit="%", disable=not accelerator.is_local_main_process,
-               desc="pretrain", mininterval=1.0, bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]{postfix}")
-    first_val = evaluate(model, val_batches, accelerator)
-    _log(accelerator, metrics, {"step": 0, "tokens": 0, "val_loss": first_val,
-                                "val_perplexity": math.exp(min(first_val, 50))})
-    epoch, running, nonfinite, train_start = 0, [], 0, time.perf_counter()
-    last_val, done = first_val, False
-    while not done:
-        sampler = EpochSampler(len(train_rows), t.seed, epoch)
-        collator.set_epoch(epoch)
-        loader = DataLoader(train_rows, batch_size=t.per_device_train_batch_size, sampler=sampler,
-                            collate_fn=collator, num_workers=t.dataloader_num_workers,
-                            drop_last=True)
-        if accelerator.num_processes > 1:
-            loader = accelerator.prepare_data_loader(loader, device_placement=True)
-        for batch in loader:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss = model(**batch).loss
-                if not torch.isfinite(loss):
-                    nonfinite += 1
+               desc="pretrain", mininterval=1.0,
+               bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]{postfix}")
+    first_val = evaluate(objective, val_batches, accelerator)
+    if resume_from is None:
+        _log(accelerator, metrics, {"step": 0, "tokens": 0, "val_loss": first_val,
+                                    "val_perplexity": math.exp(min(first_val, 50))})
+    last_val, running, nonfinite, lr = first_val, [], 0, 0.0
+    clock = time.perf_counter() - progress.seconds
+    last_save = time.perf_counter()
+    done = progress.fraction(recipe) >= 1
+    with _StopSignal() as stop:
+        while not done:
+            collator.set_epoch(progress.epoch)
+            sampler = EpochBatches(len(train_rows), bsz, t.seed, progress.epoch,
+                                   start=progress.batch_in_epoch, rank=accelerator.process_index,
+                                   world=world, usable=usable)
+            loader = DataLoader(train_rows, batch_sampler=sampler, collate_fn=SeededCollate(collator),
+                                num_workers=t.dataloader_num_workers)
+            for batch in loader:
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                with accelerator.accumulate(objective):
+                    with accelerator.autocast():
+                        loss = objective(**batch)
+                    accelerator.backward(loss)  # every rank, so DDP's all-reduce never waits
+                    finite = True
+                    if accelerator.sync_gradients:
+                        lr = t.learning_rate * lr_factor(progress.fraction(recipe), t.warmup_ratio,
+                                                         t.lr_scheduler_type)
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr
+                        norm = accelerator.clip_grad_norm_(objective.parameters(), t.max_grad_norm)
+                        finite = bool(torch.isfinite(norm))  # same on every rank after all-reduce
+                        if finite:
+                            optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                    if nonfinite >= 5:
-                        raise UserError("training stopped: 5 non-finite losses in a row; "
-                                        "lower --learning_rate or use --mixed_precision no")
+                running.append(loss.detach().float())
+                if not accelerator.sync_gradients:
                     continue
-                nonfinite = 0
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-                    lr = t.learning_rate * lr_factor(progress.fraction(recipe), t.warmup_ratio,
-                                                     t.lr_scheduler_type)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running.append(loss.detach().float())
-            if not accelerator.sync_gradients:
-                continue
-            progress.step += 1
-            progress.tokens += tokens_per_update
-            progress.seconds = time.perf_counter() - train_start
-            frac = _agreed_fraction(progress.fraction(recipe), accelerator)
-            if m.mlm_probability_end is not None:
-                collator.set_mlm_probability(
-                    m.mlm_probability + (m.mlm_probability_end - m.mlm_probability) * frac)
-            if progress.step % t.logging_steps == 0 or frac >= 1:
-                train_loss = accelerator.reduce(torch.stack(running).mean(), "mean").item()
-                running = []
-                tps = progress.tokens / max(progress.seconds, 1e-9)
-                _log(accelerator, metrics, {"step": progress.step, "tokens": progress.tokens,
-                                            "train_loss": train_loss, "lr": lr,
-                                            "elapsed_s": round(progress.seconds, 2)})
-                bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-            bar.n = min(100.0, 100 * frac)
-            bar.refresh()
-            if progress.step % t.eval_steps == 0 or frac >= 1:
+                progress.step += 1
+                progress.batch_in_epoch += per_update
+                progress.tokens += tokens_per_update
+                progress.seconds = time.perf_counter() - clock
+                if not finite:
+                    nonfinite += 1
+                    progress.nonfinite_total += 1
+                    if nonfinite >= t.max_nonfinite_steps:
+                        raise UserError(
+                            f"training stopped: {nonfinite} non-finite losses in a row at step "
+                            f"{progress.step}; the last good checkpoint is kept. Lower "
+                            "--learning_rate or use --mixed_precision no")
+                else:
+                    nonfinite = 0
+                frac = _agreed_fraction(progress.fraction(recipe), accelerator)
+                if m.mlm_probability_end is not None:
+                    collator.set_mlm_probability(
+                        m.mlm_probability + (m.mlm_probability_end - m.mlm_probability) * frac)
+                if progress.step % t.logging_steps == 0 or frac >= 1:
+                    finite_losses = [x for x in running if torch.isfinite(x)]
+                    mean = torch.stack(finite_losses).mean() if finite_losses else torch.tensor(
+                        float("nan"))
+                    train_loss = accelerator.reduce(mean.to(accelerator.device), "mean").item()
+                    running = []
+                    tps = progress.tokens / max(progress.seconds, 1e-9)
+                    _log(accelerator, metrics, {"step": progress.step, "tokens": progress.tokens,
+                                                "train_loss": train_loss, "lr": lr,
+                                                "elapsed_s": round(progress.seconds, 2)})
+                    bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                bar.n = min(100.0, 100 * frac)
+                bar.refresh()
                 pause = time.perf_counter()
-                last_val = evaluate(model, val_batches, accelerator)
-                _log(accelerator, metrics, {"step": progress.step, "tokens": progress.tokens,
-                                            "val_loss": last_val,
-                                            "val_perplexity": math.exp(min(last_val, 50))})
-                train_start += time.perf_counter() - pause  # validation is not training time
-            if frac >= 1:
-                done = True
-                break
-        epoch += 1
+                if progress.step % t.eval_steps == 0 or frac >= 1:
+                    last_val = evaluate(objective, val_batches, accelerator)
+                    _log(accelerator, metrics, {"step": progress.step, "tokens": progress.tokens,
+                                                "val_loss": last_val,
+                                                "val_perplexity": math.exp(min(last_val, 50))})
+                if progress.batch_in_epoch >= usable:
+                    progress.epoch += 1
+                    progress.batch_in_epoch = 0
+                want_save = (t.save_steps and progress.step % t.save_steps == 0) or (
+                    t.save_minutes and time.perf_counter() - last_save > 60 * t.save_minutes)
+                stopping = _agreed_flag(stop.received is not None, accelerator)
+                if want_save or stopping:
+                    save_checkpoint(recipe, accelerator, objective, tokenizer, progress, {})
+                    last_save = time.perf_counter()
+                clock += time.perf_counter() - pause  # validation and saving are not training
+                if stopping:
+                    bar.close()
+                    raise UserError(f"stopped by signal at step {progress.step}; checkpoint saved, "
+                                    "continue with --resume")
+                if frac >= 1:
+                    done = True
+                    break
+                if progress.batch_in_epoch == 0:
+                    break  # next epoch: a new permutation
     bar.close()
-    accelerator.end_training()
     if metrics:
         metrics.close()
     if accelerator.is_main_process:
+        model = accelerator.unwrap_model(objective).model
         _finish(recipe, accelerator, model, tokenizer, progress, first_val, last_val, stats)
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes trackers (and the process group): last
     return out
+
+
+def fixed_validation_batches(recipe: Recipe, tokenizer, val_blocks: Dataset,
+                             sparse: bool) -> list[dict]:
+    """The same validation masks at every evaluation, on every process, at a fixed 15 % rate."""
+    t, m = recipe.training, recipe.masking
+    collator = MaskingCollator(tokenizer, strategy=m.masking_strategy,
+                               mlm_probability=m.eval_mlm_probability, seed=12345,
+                               return_masked_positions=sparse)
+    rows = val_blocks.select(range(min(len(val_blocks), t.max_eval_blocks)))
+    rows = rows.with_format("torch", columns=BLOCK_COLUMNS)
+    batches = []
+    for b, i in enumerate(range(0, len(rows), t.per_device_eval_batch_size)):
+        chunk = rows[i: i + t.per_device_eval_batch_size]
+        collator.set_step(b)
+        batches.append(collator([{k: v[j] for k, v in chunk.items()}
+                                 for j in range(len(chunk["input_ids"]))]))
+    return batches
+
+
+def _agreed_flag(flag: bool, accelerator: Accelerator) -> bool:
+    """True if any process raised the flag."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.gather(value).max().item() > 0)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(r + "\n" for r in rows))
 
 
 def _agreed_fraction(frac: float, accelerator: Accelerator) -> float:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mlm.pretrain import EpochSampler, lr_factor
+from mlm.pretrain import EpochBatches, lr_factor
 from mlm.recipe import load_recipe
 
 
@@ -16,11 +16,14 @@ def test_lr_schedule_shape():
     assert lr_factor(0.55, 0.1, "cosine") == pytest.approx(0.5)
 
 
-def test_sampler_resumes_by_index():
-    full = list(EpochSampler(50, seed=3, epoch=1))
-    assert sorted(full) == list(range(50))
-    assert list(EpochSampler(50, seed=3, epoch=1, start=20)) == full[20:]
-    assert list(EpochSampler(50, seed=3, epoch=2)) != full
+def test_batches_resume_by_index_and_shard_by_rank():
+    full = list(EpochBatches(50, 5, seed=3, epoch=1))
+    assert [b for b, _ in (batch[0] for batch in full)] == list(range(10))
+    assert sorted(i for batch in full for _, i in batch) == list(range(50))
+    assert list(EpochBatches(50, 5, seed=3, epoch=1, start=4)) == full[4:]
+    ranks = [list(EpochBatches(50, 5, seed=3, epoch=1, rank=r, world=2)) for r in (0, 1)]
+    assert ranks[0] == full[0::2] and ranks[1] == full[1::2]
+    assert list(EpochBatches(50, 5, seed=3, epoch=2)) != full
 
 
 def test_tiny_pretraining_end_to_end(tiny_recipe):
