@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,12 @@ from mlm.recipe import load_recipe
 from tests.conftest import REPO
 
 FP32 = dict(mixed_precision="no", max_steps=24, eval_steps=8, logging_steps=4, save_steps=4)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _val_losses(out):
@@ -40,7 +47,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_recipe, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not list(ckpts.glob("step-*/training_state/progress.json")):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)  # (a no-op if it already ended)
     proc.wait()
     done = sorted(ckpts.glob("step-*"))
     assert done, "no checkpoint was written before the kill"
@@ -73,16 +80,20 @@ def test_two_processes_match_one_with_double_accumulation(tiny_recipe, tmp_path)
     `--multi_gpu` on a machine without GPUs starts 2 gloo processes, Accelerate's MULTI_CPU.)"""
     common = dict(mixed_precision="no", max_steps=10, eval_steps=5, logging_steps=5,
                   per_device_train_batch_size=8)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # Loopback only: gloo otherwise binds to whatever the hostname resolves to, which on some
+    # sandboxes is an address no peer can reach, and the rendezvous waits forever.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
     one = tiny_recipe(**common, gradient_accumulation_steps=2, output_dir=str(tmp_path / "one"))
     subprocess.run([sys.executable, str(REPO / "train_mlm.py"), "--recipe", str(one)],
-                   env=env, check=True, capture_output=True)
+                   env=env, check=True, capture_output=True, timeout=240)
     two = tiny_recipe(**common, gradient_accumulation_steps=1, output_dir=str(tmp_path / "two"))
     shutil.copytree(tmp_path / "one" / "cache", tmp_path / "two" / "cache")
     res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                          "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
                           "--dynamo_backend", "no", str(REPO / "train_mlm.py"), "--recipe", str(two)],
-                         env=env, capture_output=True, text=True)
+                         env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "run_summary.json").read_text())
     assert summary["hardware"].startswith("2 process"), summary["hardware"]
