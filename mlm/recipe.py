@@ -16,6 +16,8 @@ from mlm.config import Recipe, SourceConfig, from_dict, load_yaml, to_dict
 from mlm.errors import UserError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "data_recipes" / "demo.yaml"
+CORPUS_VERSION = 2
+"""Bumped when the corpus pipeline changes what it writes, so old caches are not reused."""
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -53,6 +55,8 @@ def source_files(source: SourceConfig, base: Path | None = None) -> list[Path]:
     spec = source.path
     if any(ch in spec for ch in "*?[") and not spec.startswith("pkg://"):
         files = [Path(p) for p in glob.glob(spec, recursive=True)]
+        if not files and base is not None and not Path(spec).is_absolute():
+            files = [Path(p) for p in glob.glob(str(base / spec), recursive=True)]
     else:
         root = resolve_path(spec, base)
         if root.is_dir():
@@ -100,12 +104,16 @@ def corpus_fingerprint(recipe: Recipe) -> str:
         for p in source_files(source, base):
             st = p.stat()
             stats.append((str(p), st.st_size, st.st_mtime_ns))
+    clean = to_dict(recipe.clean)
+    clean.pop("corpus_num_proc")  # the corpus is the same whatever the number of workers
     settings = {
         "sources": [to_dict(s) for s in recipe.sources],
-        "clean": to_dict(recipe.clean),
+        "clean": clean,
         "split": to_dict(recipe.split),
+        "privacy": to_dict(recipe.privacy),
+        "dedup": to_dict(recipe.dedup),
     }
-    return _hash({"settings": settings, "files": stats})
+    return _hash({"settings": settings, "files": stats, "version": CORPUS_VERSION})
 
 
 def fingerprint(recipe: Recipe) -> str:

@@ -1,29 +1,83 @@
-"""Readers: turn one input file into (text, source) documents, by format."""
+"""Readers: turn one input file into (text, source) documents, by format.
+
+Files are streamed (never read whole unless a document is the whole file) and decompressed on
+the fly by extension (.gz, .bz2, .xz, .zst). A reader yields `(text, "file:line")` pairs, or a
+`Skip` for something left out and counted (a binary file, an undecodable file with
+`errors: skip`, a malformed record with `on_error: skip`). User mistakes raise UserError naming
+the file and, where there is one, the line.
+"""
 from __future__ import annotations
 
+import bz2
+import codecs
+import contextlib
 import csv
+import gzip
+import io
 import json
+import lzma
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from mlm.config import SourceConfig
 from mlm.errors import UserError
 
-TEXT_FORMATS = {".txt": "txt", ".md": "md", ".rst": "rst", ".text": "txt"}
+FORMATS_BY_SUFFIX = {
+    ".txt": "txt", ".text": "txt", "": "txt", ".md": "md", ".markdown": "md", ".rst": "rst",
+    ".html": "html", ".htm": "html", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+    ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet",
+}
+COMPRESSIONS = {".gz": "gz", ".bz2": "bz2", ".xz": "xz", ".zst": "zst"}
+TEXT_FORMATS = ("txt", "md", "rst", "html")
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long text cells are the point of a corpus
 
 
-def detect_format(path: Path) -> str:
-    """Format from the file extension."""
-    suffix = path.suffix.lower()
-    if suffix in TEXT_FORMATS:
-        return TEXT_FORMATS[suffix]
-    if suffix in (".jsonl", ".json"):
-        return "jsonl"
-    if suffix in (".csv", ".tsv"):
-        return suffix[1:]
-    if suffix == ".parquet":
-        return "parquet"
-    return "txt"
+@dataclass
+class Skip:
+    """Something left out of the corpus, counted under `reason` (and warned about if `warn`)."""
+
+    reason: str
+    where: str
+    warn: bool = False
+
+
+def split_suffix(path: Path) -> tuple[str, str | None]:
+    """(format suffix, compression) of a file name: notes.jsonl.zst -> (".jsonl", "zst")."""
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    if compression:
+        suffixes = suffixes[:-1]
+    return (suffixes[-1] if suffixes else ""), compression
+
+
+def detect_format(path: Path) -> str | None:
+    """Format from the file extension (None when the extension is not one we read)."""
+    suffix, _ = split_suffix(path)
+    if suffix not in FORMATS_BY_SUFFIX and len(suffix) > 6:
+        suffix = ""  # "report.2004" or "notes.v2": a dot in the name, not an extension
+    return FORMATS_BY_SUFFIX.get(suffix)
+
+
+def open_binary(path: Path) -> BinaryIO:
+    """Open a file for reading bytes, decompressing by extension."""
+    _, compression = split_suffix(path)
+    if compression == "gz":
+        return gzip.open(path, "rb")
+    if compression == "bz2":
+        return bz2.open(path, "rb")
+    if compression == "xz":
+        return lzma.open(path, "rb")
+    if compression == "zst":
+        import zstandard
+
+        return zstandard.open(path, "rb")
+    return path.open("rb")
 
 
 def _fields(source: SourceConfig) -> list[str]:
@@ -32,92 +86,246 @@ def _fields(source: SourceConfig) -> list[str]:
     return [source.text_field] if isinstance(source.text_field, str) else list(source.text_field)
 
 
-def read_documents(path: Path, source: SourceConfig) -> Iterator[tuple[str, str]]:
-    """Yield (text, "file:line") pairs from one file."""
-    fmt = detect_format(path) if source.format == "auto" else source.format
-    errors = "strict" if source.errors in ("fail", "skip") else "replace"
+def read_documents(path: Path, source: SourceConfig, fmt: str) -> Iterator[tuple[str, str] | Skip]:
+    """Yield (text, "file:line") documents of one file, or Skip records."""
     try:
-        if fmt in ("txt", "md", "rst"):
-            yield from _read_text(path, source, errors)
-        elif fmt == "jsonl":
-            yield from _read_jsonl(path, source, errors)
-        elif fmt in ("csv", "tsv"):
-            yield from _read_csv(path, source, errors, "\t" if fmt == "tsv" else ",")
-        elif fmt == "parquet":
+        if fmt == "parquet":
             yield from _read_parquet(path, source)
-        else:
-            raise UserError(f"{path}: unknown format '{fmt}'")
-    except UnicodeDecodeError as exc:
-        if source.errors == "skip":
             return
-        raise UserError(f"{path}: not valid {source.encoding} at byte {exc.start}") from None
+        with open_binary(path) as raw:
+            head = raw.read(8192)
+            if not head:
+                yield Skip("empty_file", str(path), warn=True)
+                return
+            if b"\x00" in head and not source.encoding.lower().replace("-", "").startswith(
+                    ("utf16", "utf32")):
+                yield Skip("binary_file", str(path), warn=True)
+                return
+            stream = _Rewound(head, raw)
+            if fmt in TEXT_FORMATS:
+                yield from _read_text(path, source, stream)
+            elif fmt == "jsonl":
+                yield from _read_jsonl(path, source, stream)
+            elif fmt in ("csv", "tsv"):
+                yield from _read_csv(path, source, stream, "\t" if fmt == "tsv" else ",")
+            else:
+                raise UserError(f"{path}: unknown format '{fmt}'")
+    except _Undecodable as exc:
+        if source.errors == "skip":
+            yield Skip("encoding_error", f"{path}:{exc.line}", warn=True)
+            return
+        raise UserError(f"{path}:{exc.line}: not valid {source.encoding} ({exc.reason}); "
+                        "set `encoding`, or `errors: replace` or `skip`") from None
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        raise UserError(f"{path}: cannot read ({exc})") from None
+    except Exception as exc:  # zstandard.ZstdError and friends: a corrupt compressed file
+        if type(exc).__module__.startswith("zstandard"):
+            raise UserError(f"{path}: cannot read ({exc})") from None
+        raise
 
 
-def _read_text(path: Path, source: SourceConfig, errors: str) -> Iterator[tuple[str, str]]:
-    text = path.read_text(encoding=source.encoding, errors=errors)
+class _Rewound(io.RawIOBase):
+    """A binary stream that first returns the bytes already sniffed, then the rest."""
+
+    def __init__(self, head: bytes, rest: BinaryIO):
+        self._head, self._rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+class _Undecodable(Exception):
+    def __init__(self, line: int, reason: str):
+        super().__init__(reason)
+        self.line, self.reason = line, reason
+
+
+def _lines(stream: BinaryIO, source: SourceConfig) -> Iterator[tuple[int, str]]:
+    """Decoded lines (with their line endings) and their 1-based numbers."""
+    errors = "replace" if source.errors == "replace" else "strict"
+    try:
+        decoder = codecs.getincrementaldecoder(source.encoding)(errors=errors)
+    except LookupError:
+        raise UserError(f"unknown encoding '{source.encoding}'") from None
+    pending, lineno = "", 0
+    for raw in io.BufferedReader(stream, 1 << 20):
+        try:
+            text = pending + decoder.decode(raw)
+        except UnicodeDecodeError as exc:
+            raise _Undecodable(lineno + 1 + pending.count("\n"), exc.reason) from None
+        *complete, pending = text.split("\n")
+        for line in complete:
+            lineno += 1
+            yield lineno, line + "\n"
+    try:
+        pending += decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise _Undecodable(lineno + 1, exc.reason) from None
+    if pending:
+        yield lineno + 1, pending
+
+
+def _read_text(path: Path, source: SourceConfig, stream) -> Iterator[tuple[str, str]]:
+    lines = _lines(stream, source)
     if source.document == "file":
-        yield text, f"{path}:1"
+        text = "".join(line for _, line in lines)
+        yield text.lstrip("\ufeff"), f"{path}:1"
         return
-    lines = text.splitlines()
     if source.document == "line":
-        for i, line in enumerate(lines, 1):
+        for i, line in lines:
             yield line, f"{path}:{i}"
         return
     para: list[str] = []
     start = 1
-    for i, line in enumerate(lines + [""], 1):
+    for i, line in lines:
         if line.strip():
             if not para:
                 start = i
             para.append(line)
         elif para:
-            yield "\n".join(para), f"{path}:{start}"
+            yield "".join(para), f"{path}:{start}"
             para = []
+    if para:
+        yield "".join(para), f"{path}:{start}"
 
 
-def _read_jsonl(path: Path, source: SourceConfig, errors: str) -> Iterator[tuple[str, str]]:
-    fields = _fields(source)
-    with path.open(encoding=source.encoding, errors=errors) as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+def _field(row: dict, name: str):
+    """row[name], or a dotted path into nested objects (`meta.body`); KeyError if absent."""
+    if name in row:
+        return row[name]
+    value = row
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(name)
+        value = value[part]
+    return value
+
+
+def _join(values) -> str:
+    return "\n\n".join(str(v) for v in values if v is not None and str(v).strip())
+
+
+def _records(path: Path, source: SourceConfig, stream) -> Iterator[tuple[int, object] | Skip]:
+    """(line, parsed JSON) of a JSONL file, or of a .json file holding one array."""
+    lines = _lines(stream, source)
+    first = True
+    for i, line in lines:
+        if not line.strip():
+            continue
+        if first and line.lstrip().startswith("[") and split_suffix(path)[0] == ".json":
+            text = line + "".join(rest for _, rest in lines)  # one JSON array: read it whole
             try:
-                row = json.loads(line)
+                rows = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{i}: malformed JSON ({exc.msg})") from None
-            missing = [f for f in fields if f not in row]
-            if missing:
-                raise UserError(
-                    f"{path}:{i}: no field '{missing[0]}' (fields: {', '.join(sorted(row))})"
-                )
-            yield "\n\n".join(str(row[f]) for f in fields if row[f] is not None), f"{path}:{i}"
+                raise UserError(f"{path}:{i + exc.lineno - 1}: malformed JSON ({exc.msg})") from None
+            for row in rows:
+                yield i, row
+            return
+        first = False
+        try:
+            yield i, json.loads(line)
+        except json.JSONDecodeError as exc:
+            if source.on_error == "skip":
+                yield Skip("malformed_record", f"{path}:{i}")
+                continue
+            raise UserError(f"{path}:{i}: malformed JSON ({exc.msg}); "
+                            "fix the line or set `on_error: skip`") from None
 
 
-def _read_csv(path: Path, source: SourceConfig, errors: str, delimiter: str):
+def _read_jsonl(path: Path, source: SourceConfig, stream) -> Iterator[tuple[str, str] | Skip]:
     fields = _fields(source)
-    with path.open(encoding=source.encoding, errors=errors, newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        missing = [f for f in fields if f not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(
-                f"{path}: no column '{missing[0]}' (columns: {', '.join(reader.fieldnames or [])})"
-            )
-        for i, row in enumerate(reader, 2):
-            yield "\n\n".join(row[f] for f in fields if row[f]), f"{path}:{i}"
+    for item in _records(path, source, stream):
+        if isinstance(item, Skip):
+            yield item
+            continue
+        i, row = item
+        if not isinstance(row, dict):
+            if source.on_error == "skip":
+                yield Skip("malformed_record", f"{path}:{i}")
+                continue
+            raise UserError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        try:
+            values = [_field(row, f) for f in fields]
+        except KeyError as exc:
+            if source.on_error == "skip":
+                yield Skip("malformed_record", f"{path}:{i}")
+                continue
+            raise UserError(f"{path}:{i}: no field '{exc.args[0]}' (fields: "
+                            f"{', '.join(sorted(map(str, row)))}); set `text_field`") from None
+        yield _join(values), f"{path}:{i}"
+
+
+def _read_csv(path: Path, source: SourceConfig, stream, delimiter: str):
+    fields = _fields(source)
+    numbered = _lines(stream, source)
+    current = [0]
+
+    def lines():
+        for i, line in numbered:
+            current[0] = i
+            yield line
+
+    reader = csv.reader(lines(), delimiter=delimiter)
+    header = next(reader, None)
+    if header is None:
+        return
+    header = [h.strip().lstrip("\ufeff") for h in header]
+    missing = [f for f in fields if f not in header]
+    if missing:
+        raise UserError(f"{path}: no column '{missing[0]}' (columns: {', '.join(header)}); "
+                        "set `text_field`")
+    cols = [header.index(f) for f in fields]
+    try:
+        for row in reader:
+            if not row:
+                continue
+            if len(row) < len(header) and source.on_error == "fail" and max(cols) >= len(row):
+                raise UserError(f"{path}:{current[0]}: {len(row)} cells, the header has "
+                                f"{len(header)}; fix the row or set `on_error: skip`")
+            if max(cols) >= len(row):
+                yield Skip("malformed_record", f"{path}:{current[0]}")
+                continue
+            yield _join(row[c] for c in cols), f"{path}:{current[0]}"
+    except csv.Error as exc:
+        raise UserError(f"{path}:{current[0]}: malformed {delimiter == ',' and 'CSV' or 'TSV'} "
+                        f"({exc})") from None
 
 
 def _read_parquet(path: Path, source: SourceConfig) -> Iterator[tuple[str, str]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     fields = _fields(source)
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    missing = [f for f in fields if f not in names]
-    if missing:
-        raise UserError(f"{path}: no column '{missing[0]}' (columns: {', '.join(names)})")
-    row = 0
-    for batch in pf.iter_batches(columns=fields):
-        cols = [batch.column(f).to_pylist() for f in fields]
-        for values in zip(*cols):
-            row += 1
-            yield "\n\n".join(str(v) for v in values if v is not None), f"{path}:{row}"
+    with contextlib.ExitStack() as stack:
+        if split_suffix(path)[1]:  # an externally compressed file: parquet needs to seek
+            tmp = stack.enter_context(tempfile.TemporaryFile())
+            with open_binary(path) as src:
+                shutil.copyfileobj(src, tmp, 1 << 20)
+            tmp.seek(0)
+            target = tmp
+        else:
+            target = path
+        try:
+            pf = pq.ParquetFile(target)
+        except (pa.ArrowException, OSError) as exc:
+            raise UserError(f"{path}: not a readable parquet file ({exc})") from None
+        names = pf.schema_arrow.names
+        missing = [f for f in fields if f not in names]
+        if missing:
+            raise UserError(f"{path}: no column '{missing[0]}' (columns: {', '.join(names)}); "
+                            "set `text_field`")
+        row = 0
+        for batch in pf.iter_batches(columns=fields, batch_size=1024):
+            cols = [batch.column(f).to_pylist() for f in fields]
+            for values in zip(*cols):
+                row += 1
+                yield _join(values), f"{path}:{row}"

@@ -1,0 +1,79 @@
+"""`mlm-corpus RECIPE --output DIR`: run the corpus stage alone and print its stats.
+
+A user mistake prints one line on stderr and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+
+from mlm.config import (
+    CleanConfig,
+    DedupConfig,
+    PrivacyConfig,
+    SplitConfig,
+    add_dataclass_arguments,
+    apply_overrides,
+)
+from mlm.errors import UserError
+
+
+@dataclass
+class CorpusSections:
+    """The recipe sections that shape the corpus (their fields become flags)."""
+
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="mlm-corpus",
+        description="Build the corpus of a data recipe: read its sources, clean, scrub PII, "
+                    "remove exact and near duplicates, split into train/validation, and write a "
+                    "datasets folder plus stats.json. Re-running an unchanged recipe does no work.",
+    )
+    p.add_argument("recipe", help="YAML data recipe (see data_recipes/README.md)")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="folder to write the corpus to (load it with datasets.load_from_disk)")
+    p.add_argument("--quiet", action="store_true", help="do not print the stats table")
+    add_dataclass_arguments(p, CorpusSections)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build a corpus from the command line; 0 on success, 2 on a user mistake."""
+    args = vars(parser().parse_args(argv))
+    recipe_path, output, quiet = args.pop("recipe"), args.pop("output"), args.pop("quiet")
+    try:
+        from mlm.corpus.build import format_stats, write_corpus
+        from mlm.recipe import load_recipe
+
+        recipe = load_recipe(recipe_path)
+        apply_overrides(recipe, args)
+        _, stats, built = write_corpus(recipe, output)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (nothing was written)", file=sys.stderr)
+        return 130
+    if not quiet:
+        print(format_stats(stats))
+    docs = stats["documents"]
+    state = "written to" if built else "up to date in"
+    print(f"corpus {state} {output} (train {docs['train']:,}, validation {docs['validation']:,} "
+          "documents)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
