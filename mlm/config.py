@@ -24,8 +24,9 @@ class SourceConfig:
     path: str
     """A file, a directory (read recursively), a glob, or `pkg://package/sub/path` for data
     shipped inside an installed Python package."""
-    format: str = "auto"
-    """txt | md | rst | jsonl | csv | tsv | parquet, or auto (from the file extension)."""
+    format: Literal["auto", "txt", "md", "rst", "html", "jsonl", "csv", "tsv", "parquet"] = "auto"
+    """txt | md | rst | html | jsonl | csv | tsv | parquet, or auto (from the file extension; a
+    .gz, .bz2, .xz or .zst ending is decompressed first, e.g. notes.jsonl.zst)."""
     text_field: str | list[str] | None = None
     """Field (jsonl) or column (csv/parquet) holding the text; several are joined by a blank line."""
     document: Literal["file", "paragraph", "line"] = "file"
@@ -36,7 +37,12 @@ class SourceConfig:
     encoding: str = "utf-8"
     """Text encoding of the files."""
     errors: Literal["replace", "skip", "fail"] = "replace"
-    """Invalid bytes: replace them, skip the file, or fail naming the file."""
+    """Invalid bytes: replace them, skip the file (counted), or fail naming the file and line."""
+    on_error: Literal["fail", "skip"] = "fail"
+    """A malformed record (bad JSON line, missing field): fail naming file:line, or skip and count."""
+    weight: float = 1.0
+    """Sampling weight: 2.0 puts every training document in twice, 0.5 keeps a (deterministic)
+    half; fractional parts are decided by a hash of the document."""
 
 
 @dataclass
@@ -47,6 +53,17 @@ class CleanConfig:
     """Documents shorter than this (after cleaning) are dropped."""
     max_chars: int | None = None
     """Documents longer than this are dropped (None: no limit)."""
+    strip_markup: bool = True
+    """Reduce Markdown, reStructuredText and HTML sources to their plain text."""
+    remove_control_chars: bool = True
+    """Remove control and invisible format characters (tabs and newlines stay)."""
+    normalize_whitespace: bool = True
+    """Collapse runs of spaces, trim lines, and keep at most one blank line between paragraphs."""
+    max_non_alpha_fraction: float | None = 0.5
+    """Drop documents where more than this share of the non-space characters are not letters
+    (tables, logs, number dumps); None: keep all."""
+    corpus_num_proc: int = 1
+    """Worker processes that read, clean and scrub files (files are split between them)."""
 
 
 @dataclass
@@ -55,6 +72,33 @@ class SplitConfig:
     """Share of documents held out for validation loss, assigned by a hash of the text."""
     split_seed: int = 0
     """Salt of the hash that assigns documents to train or validation."""
+
+
+@dataclass
+class PrivacyConfig:
+    scrub_pii: bool = True
+    """Replace personal data and secrets with typed placeholders such as [EMAIL]."""
+    pii_types: list[Literal["email", "phone", "ip", "url_credentials", "credit_card", "secret"]] = (
+        field(default_factory=lambda: ["email", "phone", "ip", "url_credentials", "credit_card",
+                                       "secret"]))
+    """Kinds to scrub: e-mail addresses, phone numbers, IP addresses, credentials in URLs,
+    Luhn-valid card numbers, secrets (API keys, tokens, passwords, private key blocks)."""
+
+
+@dataclass
+class DedupConfig:
+    dedup_exact: bool = True
+    """Drop documents whose normalised text (case and whitespace folded) was seen before."""
+    dedup_near: bool = True
+    """Drop near-duplicates: MinHash over word n-grams, candidates found by LSH."""
+    dedup_threshold: float = 0.8
+    """Estimated Jaccard similarity of word n-grams at which two documents are near-duplicates."""
+    minhash_num_perm: int = 128
+    """MinHash permutations (more: a finer similarity estimate, more memory per document)."""
+    minhash_ngram: int = 5
+    """Words per shingle of the MinHash signature."""
+    keep_duplicates: bool = False
+    """Keep duplicates instead of dropping them; each still lands on its original's split side."""
 
 
 @dataclass
@@ -69,6 +113,16 @@ class TokenizerConfig:
     """Minimum count of a merge/piece to enter the vocabulary."""
     lowercase: bool = True
     """Lowercase (and strip accents) before tokenizing."""
+    strip_accents: bool | None = None
+    """Strip accents before tokenizing (None: do it when lowercase is on, as BERT uncased)."""
+    max_train_documents: int | None = None
+    """Train the tokenizer on at most this many documents, a seeded random sample of the train
+    split streamed from disk (None: all); bounds the trainer's memory on a large corpus."""
+    max_train_bytes: int | None = None
+    """Train the tokenizer on at most this many bytes of UTF-8 text, sampled as above (None: all)."""
+    extend_vocab_words: int = 0
+    """With tokenizer_name_or_path: add this many frequent corpus words that the tokenizer splits
+    into the most pieces; their new embedding rows start as the mean of their old pieces' rows."""
 
 
 @dataclass
@@ -76,7 +130,10 @@ class PackingConfig:
     max_seq_length: int = 128
     """Tokens per training block, [CLS] and [SEP] included."""
     num_proc: int = 1
-    """Worker processes for tokenization."""
+    """Worker processes for tokenization (1: one process, the Rust tokenizer's own threads)."""
+    respect_document_boundaries: bool = False
+    """Start a document on a new block when it does not fit in the current one (the rest is
+    padded, attention_mask 0); a document longer than a block is split across blocks."""
 
 
 @dataclass
@@ -93,6 +150,12 @@ class MaskingConfig:
     """Of the selected tokens, share replaced by [MASK]."""
     random_replace_prob: float = 0.1
     """Of the selected tokens, share replaced by a random token (the rest stay unchanged)."""
+    span_geometric_p: float = 0.2
+    """Span masking: parameter p of the geometric distribution of span lengths in words
+    (SpanBERT: 0.2)."""
+    span_max_words: int = 10
+    """Span masking: longest span in words; the geometric is truncated here and renormalised
+    (SpanBERT: 10, mean 3.8 words)."""
 
 
 @dataclass
@@ -194,6 +257,8 @@ class Recipe:
     """Short name of the recipe (used in reports and model cards)."""
     clean: CleanConfig = field(default_factory=CleanConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     packing: PackingConfig = field(default_factory=PackingConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)

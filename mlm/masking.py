@@ -1,70 +1,310 @@
-"""Dynamic-masking collator (token and whole-word masking, vectorised torch)."""
+"""Dynamic-masking collator: token, whole-word and span masking, vectorised torch.
+
+Each batch is masked at once, in O(batch x length) tensor ops (no Python loop per token or
+sequence); special tokens and padding are never selected.
+
+- `token`: every maskable token is selected with probability `mlm_probability` (BERT).
+- `whole_word` and `span` cut each sequence into *units*: whole words, or spans of whole words
+  (SpanBERT: span lengths in words drawn from a geometric distribution with parameter
+  `span_geometric_p`, truncated at `span_max_words` and renormalised; mean 3.8 words at the
+  defaults 0.2 and 10). A unit never crosses a special token or padding, so a span never runs
+  across a document boundary of a packed block; spans drawn next to each other may touch.
+  Units are then selected by a token budget: each sequence gets a target of `mlm_probability`
+  x its maskable tokens (a real number); units are taken in random order while they fit, and
+  the unit that crosses the target is taken with probability (target - taken) / its length. The
+  expected number of selected tokens is exactly the target, whatever the word lengths (sampling
+  tokens and widening them to their words would overshoot), with little spread per sequence.
+- Of the selected tokens, `mask_replace_prob` become [MASK], `random_replace_prob` random tokens
+  of the non-special vocabulary, and the rest stay unchanged; for `whole_word` and `span` the
+  choice is made per unit (all sub-tokens of a word or span are treated alike, as in SpanBERT).
+
+Word boundaries come from the examples' `word_start` column (set by mlm.packing). Without it,
+they are read from the tokenizer's vocabulary: WordPiece continuation tokens start with "##",
+byte-level BPE word-initial tokens with "Ġ", SentencePiece/Metaspace ones with "▁". (A word
+after a special token always starts a word.) `token` masking needs no word boundaries.
+
+Masks are a pure function of (seed, epoch, step, worker, rank): the step counts calls unless it
+is set with `set_step`, the worker is the DataLoader worker id and the rank the
+`torch.distributed` rank, unless given.
+"""
 from __future__ import annotations
 
+import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from mlm.errors import UserError
 
+STRATEGIES = ("token", "whole_word", "span")
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mix_seed(*parts: int) -> int:
+    """One 63-bit seed from several integers (order matters; stable across runs and platforms)."""
+    h = 0
+    for part in parts:
+        h = _splitmix64(h ^ (int(part) & _MASK64))
+    return h >> 1
+
+
+def span_length_probs(p: float, max_words: int) -> torch.Tensor:
+    """P(span = k words), k = 1..max_words: geometric(p) truncated at max_words, renormalised."""
+    k = torch.arange(max_words, dtype=torch.float64)
+    probs = p * (1 - p) ** k
+    return probs / probs.sum()
+
+
+def _shift_right(x: torch.Tensor, fill: bool = False) -> torch.Tensor:
+    """x[:, j-1] at column j (fill at column 0)."""
+    return torch.cat([torch.full_like(x[:, :1], fill), x[:, :-1]], dim=1)
+
+
+def _vocab_word_starts(tokenizer) -> torch.Tensor | None:
+    """Per vocabulary id: does this token begin a word? None if the vocabulary doesn't say."""
+    vocab = tokenizer.get_vocab()
+    size = max(len(tokenizer), max(vocab.values()) + 1)
+    prefix = None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        prefix = getattr(backend.model, "continuing_subword_prefix", None)
+    if not prefix and sum(t.startswith("##") for t in vocab) > 0.05 * len(vocab):
+        prefix = "##"
+    table = torch.zeros(size, dtype=torch.bool)
+    if prefix:
+        for tok, i in vocab.items():
+            table[i] = not tok.startswith(prefix)
+        return table
+    for marker in ("Ġ", "▁"):
+        if sum(t.startswith(marker) for t in vocab) > 0.05 * len(vocab):
+            for tok, i in vocab.items():
+                table[i] = tok.startswith(marker)
+            return table
+    return None
+
+
+def _check_probability(name: str, value: float, low_open: bool, high_open: bool) -> float:
+    value = float(value)
+    ok = (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
+    if not ok:
+        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise UserError(f"{name} must be in {interval}, got {value}")
+    return value
+
 
 class MaskingCollator:
-    """Pad a list of examples into a batch and choose fresh masks for it."""
+    """Batch a list of examples and choose fresh masks for it (see the module docstring).
+
+    Examples are dicts with `input_ids` (list or tensor) and optionally `word_start` and
+    `special_tokens_mask` (0/1 per token); sequences of unequal length are right-padded. Returns
+    `input_ids`, `attention_mask`, `labels` (-100 where not predicted) and, with
+    `return_masked_positions`, `masked_positions`: the flat indices of the selected tokens.
+    """
 
     def __init__(self, tokenizer, strategy: str = "token", mlm_probability: float = 0.15,
                  mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1,
-                 seed: int = 0, return_masked_positions: bool = False, **_: object):
-        if not 0 < mlm_probability < 1:
-            raise UserError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
+                 seed: int = 0, return_masked_positions: bool = False,
+                 span_geometric_p: float = 0.2, span_max_words: int = 10,
+                 rank: int | None = None, worker: int | None = None):
+        if strategy not in STRATEGIES:
+            raise UserError(f"masking_strategy must be one of {', '.join(STRATEGIES)}, "
+                            f"got {strategy!r}")
+        self.mlm_probability = _check_probability("mlm_probability", mlm_probability, True, True)
+        self.mask_replace_prob = _check_probability("mask_replace_prob", mask_replace_prob,
+                                                    False, False)
+        self.random_replace_prob = _check_probability("random_replace_prob",
+                                                      random_replace_prob, False, False)
+        if self.mask_replace_prob + self.random_replace_prob > 1 + 1e-9:
+            raise UserError(f"mask_replace_prob + random_replace_prob must be at most 1, got "
+                            f"{self.mask_replace_prob} + {self.random_replace_prob}")
+        _check_probability("span_geometric_p", span_geometric_p, True, False)
+        if int(span_max_words) < 1:
+            raise UserError(f"span_max_words must be at least 1, got {span_max_words}")
         if tokenizer.mask_token_id is None:
-            raise UserError("the tokenizer has no mask token")
+            raise UserError("the tokenizer has no mask token, which masked-LM training needs")
         self.tokenizer = tokenizer
         self.strategy = strategy
-        self.mlm_probability = mlm_probability
-        self.mask_replace_prob = mask_replace_prob
-        self.random_replace_prob = random_replace_prob
-        self.seed = seed
+        self.seed, self.rank, self.worker = seed, rank, worker
         self.epoch = 0
         self.calls = 0
         self.return_masked_positions = return_masked_positions
-        special = torch.zeros(len(tokenizer), dtype=torch.bool)
-        special[list(tokenizer.all_special_ids)] = True
+        self.mask_id = tokenizer.mask_token_id
+        self.pad_id = tokenizer.pad_token_id
+        others = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.bos_token_id,
+                  tokenizer.eos_token_id, tokenizer.unk_token_id}
+        self.pad_is_own_token = self.pad_id is not None and self.pad_id not in others
+        size = len(tokenizer)
+        special = torch.zeros(size, dtype=torch.bool)
+        special[[i for i in tokenizer.all_special_ids if i is not None and i < size]] = True
+        self.special_ids = special
         self.normal_ids = torch.nonzero(~special).squeeze(1)
+        self.span_cdf = span_length_probs(span_geometric_p, int(span_max_words)).cumsum(0).float()
+        self.span_cdf[-1] = 1.0
+        self.vocab_word_starts = _vocab_word_starts(tokenizer) if strategy != "token" else None
+
+    # -- the state that seeds the masks -------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def set_step(self, step: int) -> None:
+        """Seed the next call with this step (e.g. the global batch index); calls count on."""
         self.calls = step
 
     def set_mlm_probability(self, p: float) -> None:
-        self.mlm_probability = p
+        self.mlm_probability = _check_probability("mlm_probability", p, True, True)
+
+    def generator(self) -> torch.Generator:
+        """The generator of the next call, from (seed, epoch, step, worker, rank)."""
+        worker = self.worker
+        if worker is None:
+            info = torch.utils.data.get_worker_info()
+            worker = info.id if info is not None else 0
+        rank = self.rank
+        if rank is None:
+            dist = torch.distributed
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        seed = mix_seed(self.seed, self.epoch, self.calls, worker, rank)
+        return torch.Generator().manual_seed(seed)
+
+    # -- batching ------------------------------------------------------------------------------
+
+    def _stack(self, examples: list[dict], key: str, lengths: list[int], fill: int,
+               dtype: torch.dtype) -> torch.Tensor:
+        rows = [e[key] for e in examples]
+        if len(set(lengths)) == 1:
+            if isinstance(rows[0], torch.Tensor):
+                return torch.stack(rows).to(dtype)
+            return torch.as_tensor(np.asarray(rows), dtype=dtype)
+        rows = [torch.as_tensor(r, dtype=dtype) for r in rows]
+        return pad_sequence(rows, batch_first=True, padding_value=fill)
+
+    def collate(self, examples: list[dict]) -> tuple[torch.Tensor, ...]:
+        """(input_ids, present, maskable, word_start or None) as (batch, length) tensors.
+
+        `present` (the attention mask) is false on right padding, on pad tokens and where the
+        examples' own `attention_mask` is 0; `maskable` also excludes special tokens."""
+        if not examples:
+            raise UserError("the masking collator got an empty batch")
+        lengths = [len(e["input_ids"]) for e in examples]
+        padded = len(set(lengths)) > 1
+        if padded and self.pad_id is None:
+            raise UserError("sequences of unequal length need a tokenizer with a pad token")
+        ids = self._stack(examples, "input_ids", lengths, self.pad_id or 0, torch.long)
+        B, L = ids.shape
+        present = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None] if padded \
+            else torch.ones(B, L, dtype=torch.bool)
+        # Padding inside fixed-length blocks (packing with document boundaries) is not attended.
+        if self.pad_is_own_token:
+            present &= ids != self.pad_id
+        if all("attention_mask" in e for e in examples):
+            present &= self._stack(examples, "attention_mask", lengths, 0, torch.bool)
+        special = self.special_ids.index_select(
+            0, ids.view(-1).clamp(0, len(self.special_ids) - 1)).view(B, L)
+        if all("special_tokens_mask" in e for e in examples):
+            special |= self._stack(examples, "special_tokens_mask", lengths, 1, torch.bool)
+        maskable = present & ~special
+        word_start = None
+        if self.strategy != "token":
+            if all("word_start" in e for e in examples):
+                word_start = self._stack(examples, "word_start", lengths, 0, torch.bool)
+            elif self.vocab_word_starts is not None:
+                table = self.vocab_word_starts
+                word_start = table.index_select(
+                    0, ids.view(-1).clamp(0, len(table) - 1)).view(B, L)
+            else:
+                raise UserError(
+                    f"masking_strategy {self.strategy!r} needs word boundaries: give the examples "
+                    "a word_start column (mlm.packing does) or use a tokenizer whose vocabulary "
+                    "marks them (##, Ġ or ▁), or use masking_strategy token")
+            # A maskable token after a special token or at the start always begins a word.
+            word_start = maskable & (word_start | ~_shift_right(maskable))
+        return ids, present, maskable, word_start
+
+    # -- masking -------------------------------------------------------------------------------
+
+    def _span_starts(self, word_start: torch.Tensor, maskable: torch.Tensor,
+                     gen: torch.Generator) -> torch.Tensor:
+        """Unit starts of `span`: cut each row's words into spans of sampled lengths."""
+        B, L = word_start.shape
+        word_index = word_start.cumsum(1) - 1
+        n = max(1, int(word_index[:, -1].max()) + 1)  # most words in a row: draws needed
+        draws = torch.searchsorted(self.span_cdf, torch.rand(B, n, generator=gen)) + 1
+        ends = draws.cumsum(1).clamp_(max=n)  # word indices where a new span begins
+        boundary = torch.zeros(B, n + 1, dtype=torch.bool)
+        boundary[:, 0] = True
+        boundary.scatter_(1, ends, True)
+        starts = word_start & boundary.gather(1, word_index.clamp_(min=0))
+        # Never across a special token or padding (document boundaries of packed blocks).
+        return starts | (maskable & ~_shift_right(maskable))
+
+    def select_units(self, maskable: torch.Tensor, unit_start: torch.Tensor, p: float,
+                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Select units by a per-row budget of p x maskable tokens (see the module docstring).
+
+        A unit is a unit start plus the maskable tokens before the next one. Returns the selected
+        tokens, each token's unit index + 1 (0 before the first unit) and the most units in a row.
+        """
+        B, L = maskable.shape
+        unit = unit_start.cumsum(1)  # the token's unit index + 1
+        W = max(1, int(unit[:, -1].max()))
+        unit_len = torch.zeros(B, W + 1, dtype=torch.long).scatter_add_(
+            1, unit, maskable.long())[:, 1:]
+        # Random priority: int32 keys sort faster than floats; empty slots go last.
+        keys = torch.randint(0, 2**30, (B, W), generator=gen, dtype=torch.int32)
+        order = keys.masked_fill_(unit_len == 0, 2**30).argsort(1)
+        lens = unit_len.gather(1, order)
+        after = lens.cumsum(1)
+        room = p * maskable.sum(1, keepdim=True) - (after - lens)  # target - taken before
+        # Whole units while they fit; the one crossing the target with probability room / len.
+        take = (room >= lens) | (torch.rand(B, 1, generator=gen) * lens < room)
+        chosen = torch.zeros(B, W + 1, dtype=torch.bool)
+        chosen[:, 1:].scatter_(1, order, take & (lens > 0))
+        return maskable & chosen.gather(1, unit), unit, W
 
     def __call__(self, examples: list[dict]) -> dict:
-        gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, self.calls)) % 2**63)
+        # Batch-sized tensors gain nothing from intra-op threads, and on a busy machine every
+        # OpenMP parallel region can cost milliseconds: mask on one thread, then restore.
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return self._mask(examples)
+        torch.set_num_threads(1)
+        try:
+            return self._mask(examples)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _mask(self, examples: list[dict]) -> dict:
+        gen = self.generator()
         self.calls += 1
-        lengths = [len(e["input_ids"]) for e in examples]
-        L = max(lengths)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(examples), L), pad, dtype=torch.long)
-        special = torch.ones((len(examples), L), dtype=torch.bool)
-        for i, e in enumerate(examples):
-            ids[i, : lengths[i]] = torch.as_tensor(e["input_ids"])
-            if "special_tokens_mask" in e:
-                special[i, : lengths[i]] = torch.as_tensor(e["special_tokens_mask"]).bool()
-            else:
-                special[i, : lengths[i]] = False
-        attention = (torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]).long()
-        prob = torch.full(ids.shape, self.mlm_probability)
-        chosen = torch.bernoulli(prob, generator=gen).bool() & ~special
-        labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-        roll = torch.rand(ids.shape, generator=gen)
-        to_mask = chosen & (roll < self.mask_replace_prob)
-        to_rand = chosen & (roll >= self.mask_replace_prob) & (
-            roll < self.mask_replace_prob + self.random_replace_prob)
-        out = ids.clone()
-        out[to_mask] = self.tokenizer.mask_token_id
-        pick = torch.randint(len(self.normal_ids), ids.shape, generator=gen)
-        out[to_rand] = self.normal_ids[pick][to_rand]
-        batch = {"input_ids": out, "attention_mask": attention, "labels": labels}
+        ids, present, maskable, word_start = self.collate(examples)
+        p, keep_from = self.mlm_probability, self.mask_replace_prob + self.random_replace_prob
+        if self.strategy == "token":
+            # One uniform u per token: selected if u < p; then u / p is uniform again and
+            # picks mask / random / keep.
+            u = torch.rand(ids.shape, generator=gen)
+            selected = maskable & (u < p)
+            roll = u / p
+        else:
+            unit_start = word_start if self.strategy == "whole_word" else \
+                self._span_starts(word_start, maskable, gen)
+            selected, unit, W = self.select_units(maskable, unit_start, p, gen)
+            roll = torch.rand(ids.shape[0], W + 1, generator=gen).gather(1, unit)  # per unit
+        to_mask = selected & (roll < self.mask_replace_prob)
+        to_rand = selected & (roll >= self.mask_replace_prob) & (roll < keep_from)
+        out = torch.where(to_mask, self.mask_id, ids)
+        where = torch.nonzero(to_rand.view(-1)).squeeze(1)
+        if len(where):  # draw only the few replacements needed
+            pick = torch.randint(len(self.normal_ids), (len(where),), generator=gen)
+            out.view(-1).index_copy_(0, where, self.normal_ids.index_select(0, pick))
+        labels = torch.where(selected, ids, -100)
+        batch = {"input_ids": out, "attention_mask": present.long(), "labels": labels}
         if self.return_masked_positions:
-            batch["masked_positions"] = torch.nonzero(labels.view(-1) != -100).squeeze(1)
+            batch["masked_positions"] = torch.nonzero(selected.view(-1)).squeeze(1)
         return batch

@@ -25,16 +25,22 @@ from tqdm.auto import tqdm
 
 from mlm.config import Recipe, to_dict
 from mlm.corpus import build_corpus
-from mlm.corpus.build import corpus_stats
+from mlm.corpus.build import corpus_stats, format_stats
 from mlm.errors import UserError
 from mlm.masking import MaskingCollator
-from mlm.modeling import MaskedLMObjective, build_model, count_parameters, flops_per_token
+from mlm.modeling import (
+    MaskedLMObjective,
+    build_model,
+    count_parameters,
+    flops_per_token,
+    resize_and_init_new_embeddings,
+)
 from mlm.packing import pack
 from mlm.recipe import _hash, corpus_fingerprint, fingerprint, resolve_path
 from mlm.report import plot_loss_curve
 from mlm.tokenizer import load_tokenizer, train_tokenizer
 
-BLOCK_COLUMNS = ["input_ids", "word_start", "special_tokens_mask"]
+BLOCK_COLUMNS = ["input_ids", "attention_mask", "word_start", "special_tokens_mask"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,18 +56,36 @@ def prepare_data(recipe: Recipe, accelerator: Accelerator | None = None):
     cache = out / "cache"
     main = accelerator is None or accelerator.is_main_process
     if main:
-        corpus = build_corpus(recipe, cache / "corpus")
+        build_corpus(recipe, cache / "corpus")
+        print(format_stats(corpus_stats(recipe, cache / "corpus")), flush=True)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     corpus = build_corpus(recipe, cache / "corpus")  # cached: a load for every rank
     tcfg = recipe.tokenizer
+    if tcfg.extend_vocab_words and not tcfg.tokenizer_name_or_path:
+        raise UserError("extend_vocab_words needs tokenizer_name_or_path (the tokenizer to extend)")
     if tcfg.tokenizer_name_or_path:
         tok_dir = resolve_path(tcfg.tokenizer_name_or_path)
+        if tcfg.extend_vocab_words:  # the base plus frequent domain words it fragments
+            from mlm.tokenizer import extend_tokenizer, sample_texts
+
+            base = load_tokenizer(tok_dir)
+            ext_key = _hash({"corpus": corpus_fingerprint(recipe), "tok": to_dict(tcfg),
+                             "base": _hash(json.loads((tok_dir / "tokenizer.json").read_text()))})
+            tok_dir = cache / "tokenizer" / f"extended-{ext_key}"
+            if main and not (tok_dir / "tokenizer.json").is_file():
+                texts = sample_texts(corpus["train"], tcfg.max_train_documents,
+                                     tcfg.max_train_bytes)
+                tmp = tok_dir.with_name(tok_dir.name + ".tmp")
+                extend_tokenizer(base, texts, tcfg.extend_vocab_words).save_pretrained(str(tmp))
+                tmp.rename(tok_dir)
+            if accelerator is not None:
+                accelerator.wait_for_everyone()
     else:
         tok_key = _hash({"corpus": corpus_fingerprint(recipe), "tok": to_dict(tcfg)})
         tok_dir = cache / "tokenizer" / tok_key
         if main and not (tok_dir / "tokenizer.json").is_file():
-            tok = train_tokenizer(iter(corpus["train"]["text"]), tcfg)
+            tok = train_tokenizer(corpus["train"], tcfg)  # streamed, sampled per tcfg
             tmp = tok_dir.with_name(tok_dir.name + ".tmp")
             tok.save_pretrained(str(tmp))
             tmp.rename(tok_dir)
@@ -70,13 +94,15 @@ def prepare_data(recipe: Recipe, accelerator: Accelerator | None = None):
     tokenizer = load_tokenizer(tok_dir)
     tok_hash = _hash(json.loads((tok_dir / "tokenizer.json").read_text()))
     block_key = _hash({"corpus": corpus_fingerprint(recipe), "tok": tok_hash,
-                       "len": recipe.packing.max_seq_length})
+                       "len": recipe.packing.max_seq_length, "packing": "v2",
+                       "respect": recipe.packing.respect_document_boundaries})
     block_dir = cache / "blocks" / block_key
     if main and not (block_dir / "done").is_file():
         tmp = block_dir.with_name(block_key + ".tmp")
         for split in ("train", "validation"):
             blocks = pack(corpus[split], tokenizer, recipe.packing.max_seq_length,
-                          recipe.packing.num_proc)
+                          recipe.packing.num_proc,
+                          respect_document_boundaries=recipe.packing.respect_document_boundaries)
             blocks.save_to_disk(str(tmp / split))
         (tmp / "done").write_text("ok")
         tmp.rename(block_dir)
@@ -269,7 +295,8 @@ def save_checkpoint(recipe, accelerator, objective, tokenizer, progress: Progres
         accelerator.unwrap_model(objective).model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         state = {"progress": asdict(progress), **sampler_state}
-        (tmp / "training_state" / "recipe.json").write_text(json.dumps(to_dict(recipe), indent=1))
+        (tmp / "training_state" / "recipe.json").write_text(json.dumps(recipe_record(recipe),
+                                                                      indent=1))
         # progress.json last: its presence marks the checkpoint complete
         (tmp / "training_state" / "progress.json").write_text(json.dumps(state, indent=1))
         shutil.rmtree(final, ignore_errors=True)
@@ -278,6 +305,13 @@ def save_checkpoint(recipe, accelerator, objective, tokenizer, progress: Progres
         for old in kept[: max(0, len(kept) - recipe.training.save_total_limit)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def recipe_record(recipe: Recipe) -> dict:
+    """The recipe as written next to a model or checkpoint: everything but the hub token."""
+    record = to_dict(recipe)
+    record["hub"]["hub_token"] = None
+    return record
 
 
 def recipe_differences(saved: dict, current: dict) -> list[str]:
@@ -338,7 +372,7 @@ def pretrain(recipe: Recipe) -> Path:
         if resume_from is None:
             raise UserError(f"--resume: no checkpoint in {_checkpoint_root(recipe)}")
         saved = json.loads((resume_from / "training_state" / "recipe.json").read_text())
-        diffs = recipe_differences(saved, to_dict(recipe))
+        diffs = recipe_differences(saved, recipe_record(recipe))
         if diffs:
             raise UserError(f"--resume refused, the recipe differs from the checkpoint's: "
                             f"{'; '.join(diffs)}")
@@ -355,14 +389,25 @@ def pretrain(recipe: Recipe) -> Path:
     )
     set_seed(t.seed)
     tokenizer, train_blocks, val_blocks, stats = prepare_data(recipe, accelerator)
-    model = build_model(recipe.model, tokenizer, recipe.packing.max_seq_length)
+    if recipe.model.model_name_or_path and recipe.tokenizer.extend_vocab_words:
+        # The checkpoint matches the base tokenizer: load it with that, then grow its embeddings
+        # (each new row starts as the mean of the rows of the pieces it used to be split into).
+        base = load_tokenizer(resolve_path(recipe.tokenizer.tokenizer_name_or_path))
+        model = build_model(recipe.model, base, recipe.packing.max_seq_length)
+        resize_and_init_new_embeddings(model, base, tokenizer)
+    else:
+        model = build_model(recipe.model, tokenizer, recipe.packing.max_seq_length)
     objective = MaskedLMObjective(model, sparse=recipe.model.sparse_prediction)
     m = recipe.masking
     sparse = recipe.model.sparse_prediction
     collator = MaskingCollator(
         tokenizer, strategy=m.masking_strategy, mlm_probability=m.mlm_probability,
         mask_replace_prob=m.mask_replace_prob, random_replace_prob=m.random_replace_prob,
-        seed=t.seed, return_masked_positions=sparse,
+        seed=t.seed, return_masked_positions=sparse, span_geometric_p=m.span_geometric_p,
+        span_max_words=m.span_max_words,
+        # The step is the global batch index, already distinct across ranks and workers; leaving
+        # them out of the seed keeps the masks independent of the number of processes.
+        rank=0, worker=0,
     )
     val_batches = fixed_validation_batches(recipe, tokenizer, val_blocks, sparse)
     optimizer = torch.optim.AdamW(param_groups(objective, t.weight_decay), lr=t.learning_rate,
@@ -503,7 +548,9 @@ def fixed_validation_batches(recipe: Recipe, tokenizer, val_blocks: Dataset,
     t, m = recipe.training, recipe.masking
     collator = MaskingCollator(tokenizer, strategy=m.masking_strategy,
                                mlm_probability=m.eval_mlm_probability, seed=12345,
-                               return_masked_positions=sparse)
+                               return_masked_positions=sparse, rank=0, worker=0,
+                               span_geometric_p=m.span_geometric_p,
+                               span_max_words=m.span_max_words)
     rows = val_blocks.select(range(min(len(val_blocks), t.max_eval_blocks)))
     rows = rows.with_format("torch", columns=BLOCK_COLUMNS)
     batches = []
@@ -590,7 +637,7 @@ def _finish(recipe, accelerator, model, tokenizer, progress, first_val, last_val
     summary["final_train_loss"] = train_losses[-1] if train_losses else None
     summary["first_train_loss"] = train_losses[0] if train_losses else None
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "recipe.resolved.yaml").write_text(_yaml(to_dict(recipe)))
+    (out / "recipe.resolved.yaml").write_text(_yaml(recipe_record(recipe)))
     mfu_text = f", MFU {100 * mfu:.1f}%" if mfu else ""
     print(
         f"\npretraining done: {progress.step} steps, {progress.tokens:,} tokens in "
