@@ -6,7 +6,7 @@ rate, the share of word occurrences split into several tokens, and the frequent 
 into the most pieces. Each token is assigned to the word holding its first non-space character,
 through the tokenizer's character offsets.
 
-    mlm-tokenizer-audit CORPUS TOKENIZER [TOKENIZER ...] [--max-documents N] [--json OUT]
+    mlm-tokenizer-audit CORPUS TOKENIZER [TOKENIZER ...] [--max_documents N] [--json OUT]
 """
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "or pkg://package/path")
     parser.add_argument("tokenizers", nargs="+", metavar="TOKENIZER",
                         help="tokenizer folders (or pkg:// paths), optionally NAME=PATH")
-    parser.add_argument("--max-documents", type=int, default=1000,
+    parser.add_argument("--max_documents", "--max-documents", type=int, default=1000,
                         help="documents in the sample, evenly spaced over the corpus (default 1000)")
     parser.add_argument("--top", type=int, default=15,
                         help="most fragmented frequent words to list per tokenizer (default 15)")
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         from mlm.tokenizer import load_tokenizer
 
         if args.max_documents < 1:
-            raise UserError(f"--max-documents must be at least 1, got {args.max_documents}")
+            raise UserError(f"--max_documents must be at least 1, got {args.max_documents}")
         toks = {}
         for spec in args.tokenizers:
             name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
