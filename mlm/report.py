@@ -38,3 +38,114 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, title: str =
     fig.savefig(png_path)
     plt.close(fig)
     return png_path
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning: learning curves, tables of mean ± std [95 % interval], the markdown report.
+
+
+def _fmt(stat: dict) -> str:
+    lo, hi = stat["ci95"]
+    if stat["n"] < 2 or lo != lo:  # NaN: a single seed has no interval
+        return f"{stat['mean']:.3f}"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def plot_learning_curves(section: dict, png_path: str | Path) -> Path:
+    """Main test metric against labeled examples, one line per model, shaded ± std."""
+    metric = section["metric"]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for model in section["models"]:
+        by = section["summary"][model]
+        sizes = sorted(int(s) for s in by)
+        mean = [by[str(s)][metric]["mean"] for s in sizes]
+        std = [by[str(s)][metric]["std"] for s in sizes]
+        ax.plot(sizes, mean, "o-", label=model, lw=1.8)
+        ax.fill_between(sizes, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        alpha=0.2)
+    if len(section["sizes"]) > 1 and section["sizes"][-1] / section["sizes"][0] >= 8:
+        ax.set_xscale("log")
+    ax.set_xlabel("labeled training examples")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(f"{section['name']}: learning curves ({len(section['seeds'])} seeds, mean ± std)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png_path = Path(png_path)
+    fig.savefig(png_path)
+    plt.close(fig)
+    return png_path
+
+
+def _overlaps(a: dict, b: dict) -> bool:
+    (alo, ahi), (blo, bhi) = a["ci95"], b["ci95"]
+    if alo != alo or blo != blo:
+        return True
+    return alo <= bhi and blo <= ahi
+
+
+def winners(section: dict) -> list[str]:
+    """One sentence per train size: the best model by mean, and who it is not separated from."""
+    metric, lines = section["metric"], []
+    for size in section["sizes"]:
+        stats = {m: section["summary"][m][str(size)][metric] for m in section["models"]}
+        best = max(stats, key=lambda m: stats[m]["mean"])
+        tied = [m for m in stats if m != best and _overlaps(stats[best], stats[m])]
+        line = f"n={size}: **{best}** wins ({metric} {stats[best]['mean']:.3f})"
+        if stats[best]["n"] < 2:
+            line += "; a single seed gives no interval, so no difference is established"
+        elif tied:
+            line += f"; its 95 % interval overlaps {', '.join(tied)}: not a clear win over them"
+        else:
+            line += "; its 95 % interval overlaps no other model's"
+        lines.append(line)
+    return lines
+
+
+def finetune_tables(section: dict, markdown: bool = True) -> str:
+    """A table per task: rows (model, size), one column per metric, mean ± std [95 % interval]."""
+    metrics = [section["metric"]] + [m for m in section["metrics"] if m != section["metric"]]
+    if not markdown:  # the console shows the headline metrics only
+        metrics = ["accuracy", "macro_f1"] if section["task"] == "classification" else ["f1", "precision", "recall"]
+    rows = [["model", "labeled", *metrics]]
+    for model in section["models"]:
+        for size in section["sizes"]:
+            stat = section["summary"][model][str(size)]
+            rows.append([model, str(size), *(_fmt(stat[m]) for m in metrics)])
+    if markdown:
+        out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+        return "\n".join(out)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def finetune_report(results: dict) -> str:
+    """The markdown report of a fine-tuning run or suite."""
+    lines = [f"# Fine-tuning report: {results['name']}", "",
+             f"Models: {', '.join(results['models'])}. Scores are on the test split; each cell is the "
+             "mean ± sample std over seeds and the Student-t 95 % interval of the mean. For a seed, "
+             "every model trains on the same labeled subset (subsets of growing size are nested). "
+             "NER is scored on words (one tag per word, from its first sub-token) with seqeval at the "
+             "entity level.", ""]
+    for t in results["tasks"]:
+        sp = t["splits"]
+        lines += [f"## {t['name']} ({t['task']}, main metric: {t['metric']})", "",
+                  finetune_tables(t), "", *[f"- {w}" for w in winners(t)], "",
+                  f"![learning curve]({t['learning_curve']})", "",
+                  f"Data: `{sp.get('train_file')}`; train pool {sp['sizes']['train_pool']}, validation "
+                  f"{sp['sizes']['validation']}, test {sp['sizes']['test']}; seeds {t['seeds']}; "
+                  f"split seed {sp.get('split_seed')}."]
+        if "test_list" in sp:
+            lines.append(f"The test documents are exactly those listed in `{sp['test_list']}`; the demo "
+                         "pretraining recipe excludes the same list, so the pretrained model never saw them.")
+        if "test_carved" in sp or "validation_carved" in sp:
+            lines.append("Carved splits (indices into the file's examples, in file order; validation "
+                         "indices are after removing the test examples) are in results.json under `splits`.")
+        lines += [f"- note: {n}" for n in t["notes"]] + [""]
+    if len(results["tasks"]) > 1:
+        lines += ["## Average over tasks", "", "Mean of each task's main metric at its largest train size.", "",
+                  "| model | average |", "|---|---|"]
+        lines += [f"| {m} | {v:.3f} |" for m, v in results["average"].items()] + [""]
+    lines.append(f"Total time: {results['seconds']:.0f} s with {results['torch_threads']} torch threads.")
+    return "\n".join(lines) + "\n"

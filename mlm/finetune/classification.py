@@ -1,0 +1,88 @@
+"""Sequence classification (multi-class or multi-label) with `AutoModelForSequenceClassification`.
+
+The stock head (the [CLS] position through the model's pooler/classifier) is kept on purpose:
+the saved folder then loads in `pipeline("text-classification")` with no custom code.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from mlm.finetune.config import TrainConfig
+from mlm.finetune.data import TaskData, TextExample
+from mlm.finetune.engine import fit, load_model, predict_logits
+from mlm.finetune.metrics import classification_scores
+
+
+def encode(tokenizer, examples: list[TextExample], label_names: list[str], multi_label: bool,
+           max_length: int) -> list[dict]:
+    """Token ids (truncated to max_length) plus the label id, or a multi-hot float vector."""
+    index = {n: i for i, n in enumerate(label_names)}
+    pairs = [ex.pair for ex in examples] if any(ex.pair is not None for ex in examples) else None
+    enc = tokenizer([ex.text for ex in examples], [p or "" for p in pairs] if pairs else None,
+                    truncation=True, max_length=max_length)
+    feats = []
+    for i, ex in enumerate(examples):
+        f = {"input_ids": enc["input_ids"][i]}
+        if pairs and "token_type_ids" in enc:
+            f["token_type_ids"] = enc["token_type_ids"][i]
+        if multi_label:
+            f["labels"] = [1.0 if n in ex.labels else 0.0 for n in label_names]
+        else:
+            f["labels"] = index[ex.labels[0]]
+        feats.append(f)
+    return feats
+
+
+def decide(logits: list[torch.Tensor], multi_label: bool):
+    if multi_label:
+        return [(lg > 0).int().tolist() for lg in logits]
+    return [int(lg.argmax()) for lg in logits]
+
+
+def validation_loss(logits: torch.Tensor, refs, multi_label: bool) -> float:
+    if multi_label:
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor(refs).float()).item()
+    return torch.nn.functional.cross_entropy(logits, torch.tensor(refs)).item()
+
+
+def references(feats: list[dict], multi_label: bool):
+    return [[int(v) for v in f["labels"]] if multi_label else f["labels"] for f in feats]
+
+
+def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: TaskData, seed: int,
+        cfg: TrainConfig, metric: str) -> dict:
+    """Fine-tune `spec` on `subset`, pick the best epoch on validation, score the test set."""
+    model, tok = load_model(spec, first_folder, "classification", data.label_names, seed, cfg, data.multi_label)
+    args = (data.label_names, data.multi_label, cfg.max_length)
+    train, val, test = (encode(tok, exs, *args) for exs in (subset, data.validation, data.test))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    bs = cfg.per_device_eval_batch_size
+
+    def score(feats):
+        logits = predict_logits(model, feats, bs, pad, cfg.mixed_precision)
+        refs = references(feats, data.multi_label)
+        scores = classification_scores(decide(logits, data.multi_label), refs, data.multi_label)
+        scores["loss"] = validation_loss(torch.stack(logits), refs, data.multi_label)
+        return scores, decide(logits, data.multi_label)
+
+    loss_fn = None
+    if cfg.class_weights and not data.multi_label:
+        counts = Counter(f["labels"] for f in train)
+        weights = torch.tensor([len(train) / (len(counts) * counts[i]) if counts[i] else 0.0
+                                for i in range(len(data.label_names))])
+        loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+    result = fit(model, train, lambda: score(val)[0], metric, cfg, seed, pad, loss_fn)
+    test_scores, preds = score(test)
+    names = data.label_names
+    predictions = [
+        {"where": ex.where, "label": ex.labels,
+         "prediction": [n for n, v in zip(names, p) if v] if data.multi_label else [names[p]]}
+        for ex, p in zip(data.test, preds)
+    ]
+    best = result.history[result.best_epoch - 1]
+    validation = {k[4:]: v for k, v in best.items() if k.startswith("val_")}
+    return {"model": model, "tokenizer": tok, "fit": result, "validation": validation,
+            "test": test_scores, "predictions": predictions}

@@ -1,0 +1,170 @@
+"""Typed settings of the fine-tuning stage; the CLI flags and the suite YAML are generated from them.
+
+A run is `models × tasks × train sizes × seeds`. One task is a `TaskConfig` (data, training,
+protocol); a benchmark suite is a YAML file with the fields of `FinetuneConfig`. On the command
+line every scalar field of the sections below is a flag (`--learning_rate`, `--train_file`, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mlm.config import HubConfig
+
+DEMO_MODEL = "runs/demo"
+DEFAULT_MODELS = [DEMO_MODEL, "random-init", "tfidf-logreg"]
+
+
+@dataclass
+class DataConfig:
+    task: Literal["classification", "ner"] = "classification"
+    """Sequence classification (one or several labels per text) or named-entity recognition."""
+    train_file: str | None = None
+    """Labeled training data: a .csv/.tsv/.jsonl file, a CoNLL file (NER), a folder with one
+    subfolder of .txt files per class (classification), or `pkg://package/sub/path`."""
+    validation_file: str | None = None
+    """Validation data for early stopping (default: carved from train_file, stratified)."""
+    test_file: str | None = None
+    """Test data scored at the end (default: carved from train_file, or test_list)."""
+    test_list: str | None = None
+    """For a class-folder train_file: a text file listing the test documents (paths relative
+    to the folder, one per line); the others form the training pool."""
+    file_format: Literal["auto", "csv", "tsv", "jsonl", "conll", "folders"] = "auto"
+    """Format of the data files (auto: from the extension; a directory means folders)."""
+    text_column: str = "text"
+    """Column (csv/tsv) or field (jsonl) holding the text."""
+    text_pair_column: str | None = None
+    """Optional second text column, for sentence-pair tasks."""
+    label_column: str = "label"
+    """Column or field holding the label (classification)."""
+    multi_label: bool = False
+    """Several labels per example: the label field is a list, or a string split on
+    label_delimiter."""
+    label_delimiter: str | None = None
+    """Delimiter between labels of a multi-label example given as a string, e.g. `|`."""
+    labels: str | None = None
+    """Declared label set, comma-separated (classification labels, or NER entity types): labels
+    outside it are an error. Without it, a validation/test label never seen in training is an error."""
+    tokens_column: str = "tokens"
+    """Field holding the words of a JSONL NER example."""
+    tags_column: str = "tags"
+    """Field holding the tags of a JSONL NER example."""
+    tag_scheme: Literal["auto", "bio", "iob1", "bioes"] = "auto"
+    """Tagging scheme of NER files; all are normalised to BIO (IOB2). auto: detect per file."""
+    strict_tags: bool = False
+    """An invalid BIO transition (I-X not after B-X/I-X) is an error instead of being repaired."""
+    validation_split: float = 0.1
+    """Share of train_file carved out (stratified for classification) when there is no
+    validation_file."""
+    validation_size: int | None = None
+    """Number of examples carved for validation (overrides validation_split)."""
+    test_split: float = 0.2
+    """Share of train_file carved out for testing when there is neither test_file nor test_list."""
+    split_seed: int = 0
+    """Seed of the carved validation/test splits (recorded in results.json)."""
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate of the encoder runs (tiny BERTs from scratch like 3e-4 to 1e-3)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not on biases and LayerNorm)."""
+    warmup_ratio: float = 0.1
+    """Share of the updates spent warming the learning rate up; then linear decay to 0."""
+    num_train_epochs: float = 10.0
+    """Maximum passes over the training subset (early stopping may end sooner)."""
+    per_device_train_batch_size: int = 16
+    """Examples (NER: windows) per training step."""
+    per_device_eval_batch_size: int = 64
+    """Examples per evaluation step."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold."""
+    early_stopping_patience: int = 4
+    """Stop after this many epochs in which neither the validation metric nor the validation loss
+    improved (0: never stop early). The weights of the best-metric epoch are kept."""
+    max_length: int = 128
+    """Tokens per classification input ([CLS]/[SEP] included); longer texts are truncated."""
+    ner_max_length: int = 128
+    """Tokens per NER window; longer sentences are split into overlapping windows, never truncated."""
+    doc_stride: int = 32
+    """Sub-tokens shared by consecutive NER windows (each word is scored from the window where it
+    has the most context)."""
+    label_all_tokens: bool = False
+    """NER training: label every sub-token of a word (default: only the first). Evaluation is
+    always one prediction per word, from its first sub-token."""
+    class_weights: bool = False
+    """Weight the loss by inverse class frequency in the training subset (classification)."""
+    seqeval_strict: bool = False
+    """Entity-level scores in seqeval's strict mode (IOB2) instead of the CoNLL convention."""
+    dropout: float | None = 0.1
+    """Hidden/attention dropout during fine-tuning (None: keep the checkpoint's)."""
+    mixed_precision: Literal["no", "bf16"] = "bf16"
+    """Autocast precision of forward passes (bf16 also on CPU, where supported; about 1.5x faster)."""
+
+
+@dataclass
+class ProtocolConfig:
+    train_sizes: str = "all"
+    """Comma-separated numbers of labeled training examples (or `all`); every model gets the same
+    subsets, nested across sizes, for a given seed."""
+    seeds: int = 3
+    """Repeats per (model, size): subset, initialisation and data order change with the seed."""
+    seed: int = 42
+    """First seed; the repeats use seed, seed+1, ..."""
+    metric: str | None = None
+    """Score that picks the best epoch and the winner (default: macro_f1 for classification,
+    f1 for NER)."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str | None = None
+    """Where results.json, report.md, the learning curves and the models go (default:
+    <first model>/finetune, or runs/finetune)."""
+    save_models: Literal["best", "all", "none"] = "best"
+    """Fine-tuned encoder folders to keep: best = one per (task, model), the seed with the best
+    validation score at the largest train size; all = every run."""
+    torch_threads: int | None = None
+    """torch intra-op threads (default: torch's choice)."""
+    quiet: bool = False
+    """Print only the final tables."""
+
+
+@dataclass
+class TaskConfig:
+    """One labeled task of a run or a suite."""
+
+    name: str = "task"
+    """Short name of the task (a table and a learning curve per task)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+
+
+@dataclass
+class FinetuneConfig:
+    """What `finetune()` runs; a suite YAML file has exactly these keys."""
+
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    """Local save_pretrained folders, `random-init` (the first folder's architecture, untrained) or
+    `tfidf-logreg` (the scikit-learn baseline)."""
+    tasks: list[TaskConfig] = field(default_factory=list)
+    """The tasks to run (a suite has several)."""
+    name: str = "finetune"
+    """Name of the run or suite (report title)."""
+    run: RunConfig = field(default_factory=RunConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    path: str | None = field(default=None, metadata={"internal": True})
+    """Suite file this was loaded from (relative data paths are resolved against its folder)."""
+
+
+@dataclass
+class FinetuneArgs:
+    """The sections that become CLI flags (names are unique across sections)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    hub: HubConfig = field(default_factory=HubConfig)

@@ -1,0 +1,444 @@
+"""Labeled data: readers (CSV/TSV/JSONL, class folders, CoNLL), tag-scheme normalisation, splits.
+
+Everything a user can get wrong in a data file raises `UserError` naming the file and line.
+Examples stay plain Python objects (a few thousand at most); tokenization happens per model.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlm.errors import UserError
+from mlm.finetune.config import DataConfig
+from mlm.recipe import resolve_path
+
+
+@dataclass
+class TextExample:
+    text: str
+    pair: str | None
+    labels: list[str]
+    """One label, or several for a multi-label task."""
+    where: str = ""
+    """file:line (or file) the example came from."""
+
+
+@dataclass
+class NerExample:
+    tokens: list[str]
+    tags: list[str]
+    """BIO (IOB2) tags after normalisation."""
+    where: str = ""
+
+
+@dataclass
+class TaskData:
+    """A labeled task ready for the protocol: the training pool, validation and test examples."""
+
+    task: str
+    label_names: list[str]
+    """Classification: class names. NER: BIO tags, "O" first, then B-/I- per entity type."""
+    train: list
+    validation: list
+    test: list
+    multi_label: bool = False
+    splits: dict = field(default_factory=dict)
+    """How the splits were made (files, seeds, indices), written to results.json."""
+    notes: list[str] = field(default_factory=list)
+    """Warnings to print and report (e.g. repaired tag transitions)."""
+
+    @property
+    def entity_types(self) -> list[str]:
+        return sorted({t[2:] for t in self.label_names if t != "O"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification readers.
+
+
+def _format_of(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    if path.is_dir():
+        return "folders"
+    suffix = path.suffix.lower()
+    formats = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".conll": "conll",
+               ".txt": "conll", ".bio": "conll", ".iob": "conll"}
+    if suffix not in formats:
+        raise UserError(f"{path}: cannot tell the format from the extension; set --file_format")
+    return formats[suffix]
+
+
+def _rows(path: Path, fmt: str):
+    """(line number, row dict) of a CSV/TSV/JSONL file."""
+    if fmt in ("csv", "tsv"):
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, delimiter="," if fmt == "csv" else "\t")
+            header = next(reader, None)
+            if not header:
+                raise UserError(f"{path}: empty file")
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != len(header):
+                    raise UserError(f"{path}:{reader.line_num}: expected {len(header)} columns "
+                                    f"(as in the header), found {len(row)}")
+                yield reader.line_num, dict(zip(header, row))
+    elif fmt == "jsonl":
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise UserError(f"{path}:{lineno}: expected a JSON object per line")
+                yield lineno, row
+    else:
+        raise UserError(f"{path}: format '{fmt}' is not a classification format (csv, tsv, jsonl, folders)")
+
+
+def _labels_of(value, cfg: DataConfig, where: str) -> list[str]:
+    if cfg.multi_label:
+        if isinstance(value, list):
+            return [str(v).strip() for v in value if str(v).strip()]
+        if value is None:
+            return []
+        if not cfg.label_delimiter:
+            raise UserError(f"{where}: a multi-label value must be a list, or set --label_delimiter")
+        return [p.strip() for p in str(value).split(cfg.label_delimiter) if p.strip()]
+    if value is None or isinstance(value, (list, dict)) or not str(value).strip():
+        raise UserError(f"{where}: empty or invalid label in column '{cfg.label_column}': {value!r}")
+    return [str(value).strip()]
+
+
+def read_classification(path: Path, cfg: DataConfig) -> list[TextExample]:
+    """Examples of a CSV/TSV/JSONL file (text, optional pair, label columns)."""
+    fmt = _format_of(path, cfg.file_format)
+    if fmt == "folders":
+        return read_class_folders(path)[0]
+    out = []
+    for lineno, row in _rows(path, fmt):
+        where = f"{path}:{lineno}"
+        for col in (cfg.text_column, cfg.label_column, cfg.text_pair_column):
+            if col is not None and col not in row:
+                raise UserError(f"{where}: no column '{col}' (found: {', '.join(map(str, row))})")
+        text = row[cfg.text_column]
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{where}: empty text in column '{cfg.text_column}'")
+        pair = row[cfg.text_pair_column] if cfg.text_pair_column else None
+        out.append(TextExample(text, None if pair is None else str(pair),
+                               _labels_of(row[cfg.label_column], cfg, where), where))
+    if not out:
+        raise UserError(f"{path}: no examples")
+    return out
+
+
+def read_class_folders(root: Path, test_list: Path | None = None):
+    """A folder with one subfolder of .txt documents per class -> (pool, test) example lists.
+
+    With `test_list` (paths relative to `root`, one per line) the listed documents are the test
+    set and the others the pool; without it, test is empty.
+    """
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"{root}: no class subfolders")
+    listed: set[str] = set()
+    if test_list is not None:
+        if not test_list.is_file():
+            raise UserError(f"test list not found: {test_list}")
+        listed = {ln.strip() for ln in test_list.read_text().splitlines() if ln.strip()}
+    pool, test, seen = [], [], set()
+    for cls in classes:
+        for doc in sorted(cls.rglob("*.txt")):
+            rel = doc.relative_to(root).as_posix()
+            text = doc.read_text(encoding="utf-8", errors="replace").strip()
+            if not text:
+                continue
+            ex = TextExample(text, None, [cls.name], rel)
+            (test if rel in listed else pool).append(ex)
+            seen.add(rel)
+    missing = sorted(listed - seen)
+    if missing:
+        raise UserError(f"{test_list}: lists '{missing[0]}', which is not a document under {root}")
+    return pool, test
+
+
+# ---------------------------------------------------------------------------------------------
+# NER readers and tag schemes.
+
+
+def read_conll(path: Path) -> list[tuple[list[str], list[str], int]]:
+    """Sentences of a CoNLL file as (tokens, raw tags, first line number).
+
+    Token in the first column, tag in the last; blank lines separate sentences; `-DOCSTART-`
+    lines are skipped. Every token line must have the same number of columns.
+    """
+    sentences, tokens, tags, start, ncols, first = [], [], [], 0, None, 0
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            parts = line.split("\t") if "\t" in line else line.split(" ")
+            if not line.strip() or parts[0] == "-DOCSTART-":
+                if tokens:
+                    sentences.append((tokens, tags, start))
+                tokens, tags = [], []
+                continue
+            parts = [p for p in parts if p != ""] if "\t" not in line else parts
+            if ncols is None:
+                ncols, first = len(parts), lineno
+                if ncols < 2:
+                    raise UserError(f"{path}:{lineno}: expected a token and a tag, found one column")
+            elif len(parts) != ncols:
+                raise UserError(f"{path}:{lineno}: expected {ncols} columns (as on line {first}), "
+                                f"found {len(parts)}")
+            if not tokens:
+                start = lineno
+            tokens.append(parts[0])
+            tags.append(parts[-1].strip())
+    if tokens:
+        sentences.append((tokens, tags, start))
+    if not sentences:
+        raise UserError(f"{path}: no sentences")
+    return sentences
+
+
+def read_ner_jsonl(path: Path, cfg: DataConfig) -> list[tuple[list[str], list[str], int]]:
+    out = []
+    for lineno, row in _rows(path, "jsonl"):
+        tokens, tags = row.get(cfg.tokens_column), row.get(cfg.tags_column)
+        if not isinstance(tokens, list) or not isinstance(tags, list):
+            raise UserError(f"{path}:{lineno}: needs lists '{cfg.tokens_column}' and '{cfg.tags_column}'")
+        if len(tokens) != len(tags):
+            raise UserError(f"{path}:{lineno}: {len(tokens)} tokens but {len(tags)} tags")
+        if tokens:
+            out.append(([str(t) for t in tokens], [str(t) for t in tags], lineno))
+    if not out:
+        raise UserError(f"{path}: no sentences")
+    return out
+
+
+_PREFIXES = {"B", "I", "E", "S", "L", "U"}
+
+
+def _split_tag(tag: str) -> tuple[str, str]:
+    if tag == "O":
+        return "O", ""
+    prefix, sep, kind = tag.partition("-")
+    if not sep or prefix not in _PREFIXES or not kind:
+        return "", ""
+    return prefix, kind
+
+
+def detect_scheme(tag_lists: list[list[str]]) -> str:
+    """bioes when E-/S- (or BILOU's L-/U-) occur; iob1 when entities mostly start with I-; else bio."""
+    starts_i = n_b = 0
+    for tags in tag_lists:
+        prev = "O"
+        for tag in tags:
+            prefix, kind = _split_tag(tag)
+            if prefix in ("E", "S", "L", "U"):
+                return "bioes"
+            if prefix == "B":
+                n_b += 1
+            elif prefix == "I" and _split_tag(prev)[1] != kind:
+                starts_i += 1
+            prev = tag
+    return "iob1" if starts_i > n_b else "bio"
+
+
+def to_bio(tags: list[str], scheme: str) -> tuple[list[str], list[int]]:
+    """Normalise one sentence's tags to BIO (IOB2); returns the tags and the positions of
+    repaired invalid transitions (an I-X that does not continue an X entity; IOB1 starts its
+    entities that way, so they are converted, not counted)."""
+    out, repaired = [], []
+    prev_kind = ""
+    for i, tag in enumerate(tags):
+        prefix, kind = _split_tag(tag)
+        if prefix in ("S", "U"):
+            prefix = "B"
+        elif prefix in ("E", "L"):
+            prefix = "I"
+        if prefix == "I" and prev_kind != kind:
+            prefix = "B"
+            if scheme != "iob1":
+                repaired.append(i)
+        out.append("O" if prefix == "O" else f"{prefix}-{kind}")
+        prev_kind = kind
+    return out, repaired
+
+
+def read_ner(path: Path, cfg: DataConfig) -> tuple[list[NerExample], int]:
+    """NER examples of a CoNLL or JSONL file with BIO tags, and the number of repaired tags."""
+    fmt = _format_of(path, cfg.file_format)
+    if fmt == "jsonl":
+        raw = read_ner_jsonl(path, cfg)
+    elif fmt == "conll":
+        raw = read_conll(path)
+    else:
+        raise UserError(f"{path}: format '{fmt}' is not an NER format (conll, jsonl)")
+    for _, tags, start in raw:
+        for i, tag in enumerate(tags):
+            if not _split_tag(tag)[0]:
+                line = start + i if fmt == "conll" else start
+                raise UserError(f"{path}:{line}: tag '{tag}' is neither O nor B-/I-/E-/S- + type")
+    scheme = detect_scheme([t for _, t, _ in raw]) if cfg.tag_scheme == "auto" else cfg.tag_scheme
+    out, n_repaired = [], 0
+    for tokens, tags, start in raw:
+        bio, repaired = to_bio(tags, scheme)
+        if repaired and cfg.strict_tags:
+            line = start + repaired[0] if fmt == "conll" else start
+            raise UserError(f"{path}:{line}: invalid {scheme.upper()} transition to '{tags[repaired[0]]}' "
+                            "(strict_tags is on)")
+        n_repaired += len(repaired)
+        out.append(NerExample(tokens, bio, f"{path}:{start}"))
+    return out, n_repaired
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits.
+
+
+def stratified_order(keys: list[str], seed: int) -> list[int]:
+    """A seeded permutation whose every prefix holds the classes in about their overall shares
+    (so subsets of growing size are nested and stratified)."""
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        by_class.setdefault(k, []).append(i)
+    scored = []
+    for members in by_class.values():
+        rng.shuffle(members)
+        n = len(members)
+        scored += [((rank + rng.random()) / n, i) for rank, i in enumerate(members)]
+    return [i for _, i in sorted(scored)]
+
+
+def carve(examples: list, size: int, seed: int, stratify: list[str] | None, what: str, source: str):
+    """Split `size` examples off `examples` (stratified on `stratify` when given) -> (rest, carved,
+    carved indices)."""
+    if size < 1 or size >= len(examples):
+        raise UserError(f"{source}: cannot carve {size} {what} examples out of {len(examples)}")
+    if stratify is None:
+        order = list(range(len(examples)))
+        random.Random(seed).shuffle(order)
+        picked = sorted(order[:size])
+    else:
+        counts = Counter(stratify)
+        rare = [k for k, c in counts.items() if c < 2]
+        if rare:
+            raise UserError(f"{source}: class '{rare[0]}' has {counts[rare[0]]} example; a stratified "
+                            f"{what} split needs at least 2 per class (give a {what} file instead)")
+        if size < len(counts):
+            raise UserError(f"{source}: a stratified {what} split of {size} cannot hold all "
+                            f"{len(counts)} classes; carve at least {len(counts)}")
+        picked = sorted(stratified_order(stratify, seed)[:size])
+    chosen = set(picked)
+    rest = [ex for i, ex in enumerate(examples) if i not in chosen]
+    return rest, [examples[i] for i in picked], picked
+
+
+def _label_key(ex) -> str:
+    return ex.labels[0] if isinstance(ex, TextExample) and ex.labels else ""
+
+
+def _sorted_labels(labels) -> list[str]:
+    labels = list(labels)
+    if all(lab.lstrip("-").isdigit() for lab in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+def load_task(cfg: DataConfig, base: Path | None = None) -> TaskData:
+    """Read, normalise, check and split the data of one task."""
+    if not cfg.train_file:
+        raise UserError("no training data: give --train_file (or --suite)")
+    train_path = resolve_path(cfg.train_file, base)
+    if not train_path.exists():
+        raise UserError(f"training data not found: {train_path}")
+    paths = {"train": train_path}
+    for name in ("validation", "test"):
+        spec = getattr(cfg, f"{name}_file")
+        if spec:
+            paths[name] = resolve_path(spec, base)
+            if not paths[name].exists():
+                raise UserError(f"{name} data not found: {paths[name]}")
+    notes: list[str] = []
+    splits: dict = {"train_file": str(cfg.train_file), "split_seed": cfg.split_seed}
+    test: list | None = None
+    if cfg.task == "classification":
+        if _format_of(train_path, cfg.file_format) == "folders":
+            tl = resolve_path(cfg.test_list, base) if cfg.test_list else None
+            pool, listed = read_class_folders(train_path, tl)
+            if tl is not None:
+                test = listed
+                splits["test_list"] = str(cfg.test_list)
+        else:
+            pool = read_classification(train_path, cfg)
+        read = lambda p: read_classification(p, cfg)  # noqa: E731
+    else:
+        pool, n_rep = read_ner(train_path, cfg)
+        if n_rep:
+            notes.append(f"{train_path.name}: repaired {n_rep} invalid BIO transitions (I- starting an entity)")
+
+        def read(p):
+            exs, n = read_ner(p, cfg)
+            if n:
+                notes.append(f"{p.name}: repaired {n} invalid BIO transitions (I- starting an entity)")
+            return exs
+
+    validation = read(paths["validation"]) if "validation" in paths else None
+    if "test" in paths:
+        test = read(paths["test"])
+        splits["test_file"] = str(cfg.test_file)
+    strat = cfg.task == "classification" and not cfg.multi_label
+    source = str(train_path)
+    whole_file = pool
+    if test is None:
+        size = max(1, round(cfg.test_split * len(pool)))
+        pool, test, idx = carve(pool, size, cfg.split_seed, [_label_key(e) for e in pool] if strat else None,
+                                "test", source)
+        splits["test_carved"] = {"from": "train_file", "size": size, "indices": idx}
+    if validation is None:
+        size = cfg.validation_size or max(1, round(cfg.validation_split * len(pool)))
+        pool, validation, idx = carve(pool, size, cfg.split_seed + 1,
+                                      [_label_key(e) for e in pool] if strat else None, "validation", source)
+        splits["validation_carved"] = {"from": "train_file after removing test", "size": size, "indices": idx}
+    else:
+        splits["validation_file"] = str(cfg.validation_file)
+    splits["sizes"] = {"train_pool": len(pool), "validation": len(validation), "test": len(test)}
+    labels = _label_set(cfg, whole_file, {"validation": validation, "test": test}, paths)
+    return TaskData(cfg.task, labels, pool, validation, test, cfg.multi_label and cfg.task == "classification",
+                    splits, notes)
+
+
+def _label_set(cfg: DataConfig, pool, others: dict, paths: dict) -> list[str]:
+    """Label names of the training file (or the declared set), checking validation and test."""
+    def names(ex) -> list[str]:
+        if isinstance(ex, NerExample):
+            return [t[2:] for t in ex.tags if t != "O"]
+        return ex.labels
+
+    declared = [x.strip() for x in cfg.labels.split(",") if x.strip()] if cfg.labels else None
+    seen = _sorted_labels({n for ex in pool for n in names(ex)})
+    if cfg.task == "classification" and not seen:
+        raise UserError(f"{paths['train']}: no labels in column '{cfg.label_column}'")
+    allowed = declared or seen
+    for split, exs in [("train", pool), *others.items()]:
+        for ex in exs:
+            bad = [n for n in names(ex) if n not in allowed]
+            if bad:
+                where = ex.where if ":" in ex.where or split != "test" else f"{paths.get(split, '')} {ex.where}"
+                if declared:
+                    raise UserError(f"{where}: label '{bad[0]}' is not in the declared --labels")
+                raise UserError(f"{where}: label '{bad[0]}' in {split} never occurs in the training "
+                                f"data (declare the label set with --labels)")
+    if cfg.task == "ner":
+        return ["O"] + [f"{p}-{k}" for k in allowed for p in ("B", "I")]
+    return list(allowed)

@@ -1,0 +1,228 @@
+"""The small-data protocol: every model × every train size × every seed, on the same subsets.
+
+For a seed, the training subsets of growing size are nested prefixes of one seeded (stratified)
+order of the training pool, and every model trains on exactly the same subset. Scores go to
+results.json (every run), a mean ± std and Student-t 95 % interval per (model, size), a learning
+curve per task and a markdown report.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers.utils import logging as hf_logging
+
+from mlm.config import to_dict
+from mlm.errors import UserError
+from mlm.finetune import baselines, classification, ner
+from mlm.finetune.config import FinetuneConfig, TaskConfig
+from mlm.finetune.data import TaskData, load_task, stratified_order
+from mlm.finetune.engine import RANDOM_INIT, TFIDF, check_model_folder
+from mlm.finetune.metrics import CLASSIFICATION_METRICS, NER_METRICS
+
+
+def parse_sizes(spec: str, pool: int) -> list[int]:
+    """`50,100,all` -> sorted distinct sizes, checked against the pool size."""
+    sizes = []
+    for part in str(spec).split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        if part == "all":
+            sizes.append(pool)
+            continue
+        try:
+            n = int(part)
+        except ValueError:
+            raise UserError(f"--train_sizes: '{part}' is not a number or 'all'") from None
+        if n < 1:
+            raise UserError(f"--train_sizes: {n} must be at least 1")
+        if n > pool:
+            raise UserError(f"--train_sizes: {n} is larger than the {pool} training examples available")
+        sizes.append(n)
+    if not sizes:
+        raise UserError("--train_sizes is empty")
+    return sorted(set(sizes))
+
+
+def interval(values: list[float]) -> dict:
+    """Mean, sample std and the Student-t 95 % interval of the mean."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else 0.0
+    if n > 1:
+        from scipy.stats import t
+
+        half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        lo, hi = mean - half, mean + half
+    else:
+        lo = hi = float("nan")
+    return {"mean": mean, "std": std, "ci95": [lo, hi], "n": n, "values": values}
+
+
+def model_label(spec: str) -> str:
+    return spec.rstrip("/") or spec
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/")).strip("_") or "model"
+
+
+def check_models(models: list[str]) -> Path | None:
+    """Validate the model list; returns the folder random-init copies (the first folder)."""
+    if not models:
+        raise UserError("no model: give --model (a save_pretrained folder, random-init or tfidf-logreg)")
+    folders = [m for m in models if m not in (RANDOM_INIT, TFIDF)]
+    for m in folders:
+        check_model_folder(m)
+    if RANDOM_INIT in models and not folders:
+        raise UserError("random-init copies the architecture of a model folder: give one with --model")
+    if len(set(models)) != len(models):
+        raise UserError("a model is listed twice in --model")
+    return check_model_folder(folders[0]) if folders else None
+
+
+def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneConfig, log) -> dict:
+    """Every model × size × seed on one task; returns its results section."""
+    base = Path(cfg.path).resolve().parent if cfg.path else None
+    data: TaskData = load_task(task.data, base)
+    for note in data.notes:
+        log(f"  note: {note}")
+    first = check_models(models)
+    kind = task.data.task
+    metric = task.protocol.metric or ("macro_f1" if kind == "classification" else "f1")
+    names = CLASSIFICATION_METRICS if kind == "classification" else NER_METRICS
+    if metric not in names:
+        raise UserError(f"--metric {metric} is not one of {', '.join(names)} for {kind}")
+    if task.protocol.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    sizes = parse_sizes(task.protocol.train_sizes, len(data.train))
+    seeds = [task.protocol.seed + i for i in range(task.protocol.seeds)]
+    strat = kind == "classification" and not data.multi_label
+    log(f"[{task.name}] {kind}: train pool {len(data.train)}, validation {len(data.validation)}, "
+        f"test {len(data.test)}; sizes {sizes}; seeds {seeds}; models {', '.join(models)}")
+    runs, best_val, cache = [], {}, {}
+    task_dir = out_dir / "models" / _slug(task.name)
+    for seed in seeds:
+        order = stratified_order([ex.labels[0] if strat else "" for ex in data.train], seed) if strat \
+            else random.Random(seed).sample(range(len(data.train)), len(data.train))
+        for size in sizes:
+            subset = [data.train[i] for i in order[:size]]
+            for spec in models:
+                t0 = time.time()
+                if spec == TFIDF:
+                    out = baselines.run_classification(subset, data, seed, metric, cache) if kind == "classification" \
+                        else baselines.run_ner(subset, data, seed, metric, task.training.seqeval_strict)
+                    extra = {"hyperparameters": out["hyperparameters"]}
+                else:
+                    mod = classification if kind == "classification" else ner
+                    out = mod.run(spec, first, subset, data, seed, task.training, metric)
+                    extra = {"best_epoch": out["fit"].best_epoch, "epochs": out["fit"].epochs,
+                             "history": out["fit"].history}
+                row = {"model": model_label(spec), "train_size": size, "seed": seed,
+                       "validation": out["validation"], "test": out["test"],
+                       "seconds": round(time.time() - t0, 2), **extra}
+                runs.append(row)
+                log(f"  {model_label(spec):<24} n={size:<5} seed={seed}  test {metric}="
+                    f"{out['test'][metric]:.4f}  (val {out['validation'][metric]:.4f}, {row['seconds']:.0f}s)")
+                _maybe_save(cfg.run.save_models, out, spec, size, sizes[-1], seed, metric, task_dir, best_val)
+                out.clear()
+    summary: dict = {}
+    for row in runs:
+        per = summary.setdefault(row["model"], {}).setdefault(str(row["train_size"]), {})
+        for name in names:
+            per.setdefault(name, []).append(row["test"][name])
+    summary = {m: {s: {k: interval(v) for k, v in per.items()} for s, per in by.items()} for m, by in summary.items()}
+    return {"name": task.name, "task": kind, "metric": metric, "metrics": names,
+            "models": [model_label(m) for m in models],
+            "label_names": data.label_names, "sizes": sizes, "seeds": seeds, "splits": data.splits,
+            "notes": data.notes, "config": to_dict(task), "runs": runs, "summary": summary,
+            "saved_models": {k: str(v[1]) for k, v in best_val.items()}}
+
+
+def _maybe_save(mode: str, out: dict, spec: str, size: int, largest: int, seed: int, metric: str,
+                task_dir: Path, best_val: dict) -> None:
+    """Keep the fine-tuned folder (and its test predictions) per the `save_models` setting."""
+    if mode == "none" or "model" not in out:
+        return
+    if mode == "all":
+        folder = task_dir / _slug(spec) / f"n{size}-seed{seed}"
+    elif size != largest:
+        return
+    else:
+        score = out["validation"][metric]
+        if spec in best_val and best_val[spec][0] >= score:
+            return
+        folder = task_dir / _slug(spec)
+        best_val[spec] = (score, folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar per save
+    out["model"].save_pretrained(str(folder))
+    out["tokenizer"].save_pretrained(str(folder))
+    if bars:
+        hf_logging.enable_progress_bar()
+    with (folder / "predictions.jsonl").open("w", encoding="utf-8") as f:
+        for p in out["predictions"]:
+            f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    (folder / "finetune_run.json").write_text(json.dumps(
+        {"train_size": size, "seed": seed, "validation": out["validation"], "test": out["test"]}, indent=2))
+
+
+def default_output_dir(models: list[str]) -> Path:
+    folders = [m for m in models if m not in (RANDOM_INIT, TFIDF)]
+    return Path(folders[0]) / "finetune" if folders else Path("runs/finetune")
+
+
+def finetune(config: FinetuneConfig) -> dict:
+    """Run every task of `config` for every model, size and seed; write results.json, report.md and
+    learning curves to the output folder; return the results."""
+    from mlm.report import finetune_report, plot_learning_curves
+
+    if not config.tasks:
+        raise UserError("no task: give --train_file or --suite")
+    if config.run.torch_threads:
+        torch.set_num_threads(config.run.torch_threads)
+    log = (lambda *_: None) if config.run.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    check_models(config.models)
+    out_dir = Path(config.run.output_dir) if config.run.output_dir else default_output_dir(config.models)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    t0 = time.time()
+    names = [t.name for t in config.tasks]
+    if len(set(names)) != len(names):
+        raise UserError("two tasks share a name; give each task of the suite its own name")
+    results = {"name": config.name, "models": [model_label(m) for m in config.models], "tasks": [],
+               "torch_threads": torch.get_num_threads()}
+    for task in config.tasks:
+        section = run_task(task, config.models, out_dir, config, log)
+        png = out_dir / f"learning_curve_{_slug(task.name)}.png"
+        plot_learning_curves(section, png)
+        section["learning_curve"] = png.name
+        results["tasks"].append(section)
+    results["average"] = average_row(results)
+    results["seconds"] = round(time.time() - t0, 1)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    (out_dir / "report.md").write_text(finetune_report(results))
+    results["output_dir"] = str(out_dir)
+    return results
+
+
+def average_row(results: dict) -> dict:
+    """Per model: the mean over tasks of each task's main metric at its largest train size."""
+    out = {}
+    for model in results["models"]:
+        vals = [t["summary"][model][str(t["sizes"][-1])][t["metric"]]["mean"] for t in results["tasks"]]
+        out[model] = statistics.fmean(vals)
+    return out
