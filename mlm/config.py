@@ -297,6 +297,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         expected = " or ".join(_type_name(a) for a in args if a is not type(None))
         raise UserError(f"{where}: expected {expected}, got {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and value not in args:  # YAML 1.1 reads a bare `no` as false
+            value = next((a for a in args if str(a) in (("yes", "on", "true") if value
+                                                          else ("no", "off", "false"))), value)
         if value not in args:
             raise UserError(f"{where}: must be one of {', '.join(map(str, args))}; got {value!r}")
         return value
@@ -481,7 +484,9 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, str]) -> Recipe:
         section = getattr(recipe, owners[name])
         hint = typing.get_type_hints(type(section))[name]
         value: Any = None if isinstance(raw, str) and raw.lower() in ("none", "null") else raw
-        if value is not None and isinstance(value, str):
+        choices = _literal_choices(hint) or ()
+        if value is not None and isinstance(value, str) and value not in map(str, choices):
+            # (a choice is taken as written: YAML would read `--mixed_precision no` as false)
             try:
                 parsed = yaml.safe_load(value)
                 if not isinstance(parsed, (dict, list)):

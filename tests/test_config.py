@@ -48,3 +48,15 @@ def test_fingerprint_changes_with_input_files(tmp_path):
     before = corpus_fingerprint(load_recipe(path))
     (tmp_path / "a.txt").write_text("hello world, changed " * 10)
     assert corpus_fingerprint(load_recipe(path)) != before
+
+
+def test_no_is_a_choice_not_false(tmp_path):
+    """`mixed_precision: no` (YAML reads a bare no as false) and `--mixed_precision no` both work."""
+    from mlm.config import Recipe, apply_overrides, from_dict
+
+    recipe = from_dict(Recipe, {"sources": [{"path": "x"}], "training": {"mixed_precision": False}})
+    assert recipe.training.mixed_precision == "no"
+    apply_overrides(recipe, {"mixed_precision": "bf16"})
+    assert recipe.training.mixed_precision == "bf16"
+    apply_overrides(recipe, {"mixed_precision": "no"})
+    assert recipe.training.mixed_precision == "no"

@@ -286,3 +286,30 @@ def test_cli_help_lists_flags():
     for flag in ("--model", "--suite", "--train_sizes", "--seeds", "--learning_rate", "--num_train_epochs",
                  "--per_device_train_batch_size", "--output_dir", "--label_all_tokens", "--doc_stride"):
         assert flag in res.stdout
+
+
+def test_finetune_push_to_hub_uploads_the_kept_model(tmp_path, tiny_model, bbc_csv, monkeypatch):
+    """`finetune.py --push_to_hub` sends the kept fine-tuned folder to a (loopback) hub."""
+    import huggingface_hub.constants
+
+    from mlm.finetune.cli import main
+    from tests.hub_server import HubServer
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    server = HubServer()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        code = main(["--model", str(tiny_model), "--train_file", str(bbc_csv["train"]),
+                     "--validation_file", str(bbc_csv["validation"]),
+                     "--test_file", str(bbc_csv["test"]), "--train_sizes", "all", "--seeds", "1",
+                     "--num_train_epochs", "1", "--max_length", "32", "--mixed_precision", "no",
+                     "--output_dir", str(tmp_path / "ft"), "--quiet", "--push_to_hub",
+                     "--hub_model_id", "tester/bbc3-clf", "--hub_token", "hf_test_write_token"])
+        assert code == 0
+        files = server.files("tester/bbc3-clf")
+    finally:
+        server.close()
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(files)
+    config = json.loads(files["config.json"])
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert set(config["id2label"].values()) == {"business", "sports", "tech"}

@@ -79,9 +79,34 @@ def build_config(args: dict) -> FinetuneConfig:
                                 run=cfg.run, hub=cfg.hub)
         apply_overrides(sections, dict(args))
     if cfg.hub.push_to_hub:
-        raise UserError("--push_to_hub is not done by finetune.py yet: push a saved model folder "
-                        "(output_dir/models/...) with mlm-push")
+        if not cfg.hub.hub_model_id:
+            raise UserError("--push_to_hub needs --hub_model_id")
+        if cfg.run.save_models == "none":
+            raise UserError("--push_to_hub needs a saved model: drop --save_models none")
     return cfg
+
+
+def push_finetuned(cfg: FinetuneConfig, results: dict) -> list[str]:
+    """Push the kept fine-tuned folder of the first neural model, one repository per task
+    (`hub_model_id`, suffixed with the task name when the suite has several)."""
+    from mlm.finetune.engine import TFIDF
+    from mlm.finetune.protocol import _slug
+    from mlm.hub import push_to_hub
+
+    neural = [m for m in cfg.models if m != TFIDF]
+    if not neural:
+        raise UserError("--push_to_hub: tfidf-logreg alone leaves no model folder to push")
+    urls = []
+    for task in results["tasks"]:
+        folder = Path(results["output_dir"]) / "models" / _slug(task["name"]) / _slug(neural[0])
+        if not folder.is_dir():
+            raise UserError(f"--push_to_hub: no saved model in {folder}")
+        repo = cfg.hub.hub_model_id
+        if len(results["tasks"]) > 1:
+            repo = f"{repo}-{_slug(task['name'])}"
+        urls.append(push_to_hub(folder, repo, token=cfg.hub.hub_token,
+                                private=cfg.hub.hub_private_repo, revision=cfg.hub.hub_revision))
+    return urls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         from mlm.report import finetune_tables, winners
 
         results = finetune(cfg)
+        urls = push_finetuned(cfg, results) if cfg.hub.push_to_hub else []
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -106,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + line.replace("**", ""))
     if len(results["tasks"]) > 1:
         print("\naverage of main metrics: " + ", ".join(f"{m} {v:.3f}" for m, v in results["average"].items()))
+    for url in urls:
+        print(f"pushed to {url}")
     out = results["output_dir"]
     print(f"\nreport: {out}/report.md  results: {out}/results.json  ({results['seconds']:.0f} s)")
     return 0
