@@ -313,3 +313,15 @@ def test_finetune_push_to_hub_uploads_the_kept_model(tmp_path, tiny_model, bbc_c
     config = json.loads(files["config.json"])
     assert config["architectures"] == ["BertForSequenceClassification"]
     assert set(config["id2label"].values()) == {"business", "sports", "tech"}
+
+
+def test_readme_documents_every_finetune_flag():
+    import re
+
+    from mlm.finetune.cli import parser
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    flags = {s for a in parser()._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
+    missing = [f for f in sorted(flags) if not re.search(rf"`{f}[` ]", readme)]
+    assert not missing, f"README misses {missing}"
