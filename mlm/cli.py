@@ -5,10 +5,9 @@ A user mistake (mlm.errors.UserError) prints one line on stderr and exits with c
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mlm.config import add_dataclass_arguments, apply_overrides
-from mlm.errors import UserError
+from mlm.errors import UserError, command
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -24,26 +23,20 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def train_main(argv: list[str] | None = None) -> int:
     """Run pretraining from the command line."""
     parser = train_parser()
     args = vars(parser.parse_args(argv))
-    try:
-        from mlm.recipe import DEFAULT_RECIPE, load_recipe
+    from mlm.recipe import DEFAULT_RECIPE, load_recipe
 
-        recipe = load_recipe(args.pop("recipe") or DEFAULT_RECIPE)
-        apply_overrides(recipe, args)
-        from mlm.pretrain import pretrain
+    recipe = load_recipe(args.pop("recipe") or DEFAULT_RECIPE)
+    apply_overrides(recipe, args)
+    from mlm.pretrain import pretrain
 
-        out = pretrain(recipe)
-        if recipe.hub.push_to_hub:
-            _push(out, recipe.hub)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    out = pretrain(recipe)
+    if recipe.hub.push_to_hub:
+        _push(out, recipe.hub)
     return 0
 
 

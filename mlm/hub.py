@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from mlm.errors import UserError
+from mlm.errors import UserError, command
 
 logger = logging.getLogger(__name__)
 
@@ -602,6 +602,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """Console entry point `mlm-push`: a user mistake prints one line and exits with code 2."""
     args = parser().parse_args(argv)
@@ -609,19 +610,12 @@ def main(argv: list[str] | None = None) -> int:
     language = [x.strip() for x in args.language.split(",")] if args.language else None
     patterns = ([x.strip() for x in args.ignore_patterns.split(",") if x.strip()]
                 if args.ignore_patterns is not None else None)
-    try:
-        url = push_to_hub(args.folder, args.hub_model_id, token=args.hub_token,
-                          private=args.hub_private_repo, revision=args.hub_revision,
-                          endpoint=args.endpoint, ignore_patterns=patterns,
-                          commit_message=args.commit_message, model_card=not args.no_model_card,
-                          license=args.license,
-                          language=language[0] if language and len(language) == 1 else language)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    url = push_to_hub(args.folder, args.hub_model_id, token=args.hub_token,
+                      private=args.hub_private_repo, revision=args.hub_revision,
+                      endpoint=args.endpoint, ignore_patterns=patterns,
+                      commit_message=args.commit_message, model_card=not args.no_model_card,
+                      license=args.license,
+                      language=language[0] if language and len(language) == 1 else language)
     print(f"pushed to {url}")
     return 0
 

@@ -14,14 +14,13 @@ import argparse
 import inspect
 import json
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from mlm.errors import UserError
+from mlm.errors import UserError, command
 
 WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -139,6 +138,7 @@ def _spread(texts: Iterable[str], max_documents: int) -> list[str]:
     return [texts[i] for i in np.linspace(0, len(texts) - 1, max_documents).astype(int)]
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """Command line of mlm-tokenizer-audit."""
     parser = argparse.ArgumentParser(
@@ -156,24 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="tokenizer_audit.json",
                         help="where to write the figures as JSON (default tokenizer_audit.json)")
     args = parser.parse_args(argv)
-    try:
-        from mlm.recipe import resolve_path
-        from mlm.tokenizer import load_tokenizer
+    from mlm.recipe import resolve_path
+    from mlm.tokenizer import load_tokenizer
 
-        if args.max_documents < 1:
-            raise UserError(f"--max_documents must be at least 1, got {args.max_documents}")
-        toks = {}
-        for spec in args.tokenizers:
-            name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
-            folder = resolve_path(path)
-            toks[name or folder.name] = load_tokenizer(folder)
-        texts = _spread(corpus_texts(args.corpus, 50 * args.max_documents), args.max_documents)
-        if not texts:
-            raise UserError(f"{args.corpus}: no document to audit")
-        report = audit(toks, texts, top=args.top)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.max_documents < 1:
+        raise UserError(f"--max_documents must be at least 1, got {args.max_documents}")
+    toks = {}
+    for spec in args.tokenizers:
+        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        folder = resolve_path(path)
+        toks[name or folder.name] = load_tokenizer(folder)
+    texts = _spread(corpus_texts(args.corpus, 50 * args.max_documents), args.max_documents)
+    if not texts:
+        raise UserError(f"{args.corpus}: no document to audit")
+    report = audit(toks, texts, top=args.top)
     print(format_table(report))
     Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False))
     print(f"\nwritten: {args.json}")

@@ -16,7 +16,7 @@ from mlm.config import (
     add_dataclass_arguments,
     apply_overrides,
 )
-from mlm.errors import UserError
+from mlm.errors import command
 
 
 @dataclass
@@ -49,23 +49,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """Build a corpus from the command line; 0 on success, 2 on a user mistake."""
     args = vars(parser().parse_args(argv))
     recipe_path, output, quiet = args.pop("recipe"), args.pop("output"), args.pop("quiet")
-    try:
-        from mlm.corpus.build import format_stats, write_corpus
-        from mlm.recipe import load_recipe
+    from mlm.corpus.build import format_stats, write_corpus
+    from mlm.recipe import load_recipe
 
-        recipe = load_recipe(recipe_path)
-        apply_overrides(recipe, args)
-        _, stats, built = write_corpus(recipe, output)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (nothing was written)", file=sys.stderr)
-        return 130
+    recipe = load_recipe(recipe_path)
+    apply_overrides(recipe, args)
+    _, stats, built = write_corpus(recipe, output)
     if not quiet:
         print(format_stats(stats))
     docs = stats["documents"]

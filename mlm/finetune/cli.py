@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 from mlm.config import add_dataclass_arguments, apply_overrides, from_dict, load_yaml
-from mlm.errors import UserError
+from mlm.errors import UserError, command
 from mlm.finetune.config import DataConfig, FinetuneArgs, FinetuneConfig, TaskConfig
 
 DEMO_SUITE = Path(__file__).resolve().parent.parent.parent / "data_recipes" / "benchmarks" / "demo.yaml"
@@ -109,21 +108,15 @@ def push_finetuned(cfg: FinetuneConfig, results: dict) -> list[str]:
     return urls
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
-    try:
-        cfg = build_config(args)
-        from mlm.finetune.protocol import finetune
-        from mlm.report import finetune_tables, winners
+    cfg = build_config(args)
+    from mlm.finetune.protocol import finetune
+    from mlm.report import finetune_tables, winners
 
-        results = finetune(cfg)
-        urls = push_finetuned(cfg, results) if cfg.hub.push_to_hub else []
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    results = finetune(cfg)
+    urls = push_finetuned(cfg, results) if cfg.hub.push_to_hub else []
     for t in results["tasks"]:
         print(f"\n{t['name']} ({t['task']}; test {t['splits']['sizes']['test']}; "
               f"{len(t['seeds'])} seeds; mean ± std [95 % interval])")
