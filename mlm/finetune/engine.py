@@ -37,7 +37,12 @@ _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attenti
 
 def check_model_folder(spec: str) -> Path:
     """The local folder of a model spec, with a clear error when it is not one."""
-    path = Path(spec).expanduser()
+    if spec.startswith("pkg://"):  # a checkpoint shipped in an installed package
+        from mlm.recipe import resolve_path
+
+        path = resolve_path(spec)
+    else:
+        path = Path(spec).expanduser()
     if not path.exists():
         if spec.rstrip("/") == DEMO_MODEL:
             raise UserError(f"{spec} not found: run `python train_mlm.py` first to pretrain the demo model")
