@@ -18,6 +18,17 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _save(fig, ax, png_path: str | Path) -> Path:
+    """Grid, legend, tight layout; write the PNG and free the figure."""
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png_path = Path(png_path)
+    fig.savefig(png_path)
+    plt.close(fig)
+    return png_path
+
+
 def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path:
     """Training and validation MLM loss against tokens seen, as a PNG."""
     rows = read_metrics(metrics_path)
@@ -31,13 +42,7 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, title: str =
     ax.set_xlabel("training tokens")
     ax.set_ylabel("masked-LM cross-entropy")
     ax.set_title(title or "pretraining loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    png_path = Path(png_path)
-    fig.savefig(png_path)
-    plt.close(fig)
-    return png_path
+    return _save(fig, ax, png_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,13 +73,7 @@ def plot_learning_curves(section: dict, png_path: str | Path) -> Path:
     ax.set_xlabel("labeled training examples")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"{section['name']}: learning curves ({len(section['seeds'])} seeds, mean ± std)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    png_path = Path(png_path)
-    fig.savefig(png_path)
-    plt.close(fig)
-    return png_path
+    return _save(fig, ax, png_path)
 
 
 def _overlaps(a: dict, b: dict) -> bool:
