@@ -483,9 +483,11 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, str]) -> Recipe:
     for name, raw in overrides.items():
         section = getattr(recipe, owners[name])
         hint = typing.get_type_hints(type(section))[name]
-        value: Any = None if isinstance(raw, str) and raw.lower() in ("none", "null") else raw
-        choices = _literal_choices(hint) or ()
-        if value is not None and isinstance(value, str) and value not in map(str, choices):
+        choices = tuple(map(str, _literal_choices(hint) or ()))
+        value: Any = raw
+        if isinstance(raw, str) and raw not in choices and raw.lower() in ("none", "null"):
+            value = None
+        if value is not None and isinstance(value, str) and value not in choices:
             # (a choice is taken as written: YAML would read `--mixed_precision no` as false)
             try:
                 parsed = yaml.safe_load(value)

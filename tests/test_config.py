@@ -60,3 +60,5 @@ def test_no_is_a_choice_not_false(tmp_path):
     assert recipe.training.mixed_precision == "bf16"
     apply_overrides(recipe, {"mixed_precision": "no"})
     assert recipe.training.mixed_precision == "no"
+    apply_overrides(recipe, {"max_steps": "none", "normalization": "none"})  # None, and a choice
+    assert recipe.training.max_steps is None and recipe.clean.normalization == "none"
