@@ -98,6 +98,17 @@ def load_masked_lm(path: str | Path, tokenizer=None) -> PreTrainedModel:
     return model
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay for biases and norms (pretraining and fine-tuning)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
 def count_parameters(model: torch.nn.Module, embeddings: bool = True) -> int:
     """Number of parameters (optionally without the input and position embeddings)."""
     total = sum(p.numel() for p in model.parameters())

@@ -33,6 +33,7 @@ from mlm.modeling import (
     build_model,
     count_parameters,
     flops_per_token,
+    param_groups,
     resize_and_init_new_embeddings,
 )
 from mlm.packing import pack
@@ -180,17 +181,6 @@ def lr_factor(progress: float, warmup: float, kind: str) -> float:
     if kind == "cosine":
         return 0.5 * (1 + math.cos(math.pi * rest))
     return 1.0 - rest
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay for biases and norms."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ from transformers.utils import logging as hf_logging
 
 from mlm.errors import UserError
 from mlm.finetune.config import DEMO_MODEL, TrainConfig
+from mlm.modeling import param_groups
 
 RANDOM_INIT = "random-init"
 TFIDF = "tfidf-logreg"
@@ -168,13 +169,7 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
     bs = cfg.per_device_train_batch_size
     steps_per_epoch = math.ceil(len(features) / bs)
     total = max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
-    no_decay = ("bias", "LayerNorm.weight", "norm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     res, best_state, bad_epochs, step = FitResult(), None, 0, 0
     dev = device_of(model)
