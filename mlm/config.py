@@ -134,6 +134,9 @@ class PackingConfig:
     respect_document_boundaries: bool = False
     """Start a document on a new block when it does not fit in the current one (the rest is
     padded, attention_mask 0); a document longer than a block is split across blocks."""
+    document_attention: bool = False
+    """Document-aware attention: a token attends only to tokens of its own document inside a
+    packed block (block-diagonal 4-D mask from the blocks' document_ids)."""
 
 
 @dataclass

@@ -26,6 +26,12 @@ after a special token always starts a word.) `token` masking needs no word bound
 Masks are a pure function of (seed, epoch, step, worker, rank): the step counts calls unless it
 is set with `set_step`, the worker is the DataLoader worker id and the rank the
 `torch.distributed` rank, unless given.
+
+Document-aware attention (`document_attention=True`): when the examples carry `document_ids`
+(the document's index inside its packed block, -1 on padding; mlm.packing writes them), the
+attention mask becomes a 4-D boolean (batch, 1, length, length) block-diagonal mask, so a token
+attends only to tokens of its own document. transformers passes a 4-D mask to the attention
+as is; it is meant for the SDPA attention our models are built with.
 """
 from __future__ import annotations
 
@@ -111,7 +117,8 @@ class MaskingCollator:
                  mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1,
                  seed: int = 0, return_masked_positions: bool = False,
                  span_geometric_p: float = 0.2, span_max_words: int = 10,
-                 rank: int | None = None, worker: int | None = None):
+                 rank: int | None = None, worker: int | None = None,
+                 document_attention: bool = False):
         if strategy not in STRATEGIES:
             raise UserError(f"masking_strategy must be one of {', '.join(STRATEGIES)}, "
                             f"got {strategy!r}")
@@ -134,6 +141,7 @@ class MaskingCollator:
         self.epoch = 0
         self.calls = 0
         self.return_masked_positions = return_masked_positions
+        self.document_attention = document_attention
         self.mask_id = tokenizer.mask_token_id
         self.pad_id = tokenizer.pad_token_id
         others = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.bos_token_id,
@@ -268,6 +276,16 @@ class MaskingCollator:
         chosen[:, 1:].scatter_(1, order, take & (lens > 0))
         return maskable & chosen.gather(1, unit), unit, W
 
+    def document_mask(self, examples: list[dict], present: torch.Tensor) -> torch.Tensor:
+        """(batch, 1, length, length) boolean mask: query i sees key j when both belong to the
+        same document and j is not padding. Every token also sees itself, so that no row is
+        empty (a fully masked row would give NaN in SDPA)."""
+        lengths = [len(e["input_ids"]) for e in examples]
+        doc = self._stack(examples, "document_ids", lengths, -1, torch.long)
+        same = (doc[:, :, None] == doc[:, None, :]) & present[:, None, :]
+        same |= torch.eye(doc.shape[1], dtype=torch.bool)
+        return same[:, None]
+
     def __call__(self, examples: list[dict]) -> dict:
         # Batch-sized tensors gain nothing from intra-op threads, and on a busy machine every
         # OpenMP parallel region can cost milliseconds: mask on one thread, then restore.
@@ -305,6 +323,8 @@ class MaskingCollator:
             out.view(-1).index_copy_(0, where, self.normal_ids.index_select(0, pick))
         labels = torch.where(selected, ids, -100)
         batch = {"input_ids": out, "attention_mask": present.long(), "labels": labels}
+        if self.document_attention and all("document_ids" in e for e in examples):
+            batch["attention_mask"] = self.document_mask(examples, present)
         if self.return_masked_positions:
             batch["masked_positions"] = torch.nonzero(selected.view(-1)).squeeze(1)
         return batch

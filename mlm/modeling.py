@@ -142,14 +142,15 @@ class MaskedLMObjective(torch.nn.Module):
         self.model = model
         self.sparse = sparse
         family = model.config.model_type
-        self.head_name = {"bert": "cls", "roberta": "lm_head"}.get(family)
-        if sparse and family == "modernbert":  # ModernBERT implements sparse prediction itself
-            model.config.sparse_prediction = True
-        elif sparse and self.head_name is None:
+        # The prediction head of each family, applied to hidden states of selected tokens only.
+        # (ModernBERT has its own sparse_prediction flag, but it is read once at construction.)
+        self.head = {"bert": lambda h: model.cls(h), "roberta": lambda h: model.lm_head(h),
+                     "modernbert": lambda h: model.decoder(model.head(h))}.get(family)
+        if sparse and self.head is None:
             raise UserError(f"sparse prediction is not available for model type '{family}'")
 
     def forward(self, input_ids, attention_mask, labels, masked_positions=None, **_):
-        if not self.sparse or self.head_name is None:
+        if not self.sparse:
             return self.model(input_ids=input_ids, attention_mask=attention_mask,
                               labels=labels).loss
         hidden = self.model.base_model(input_ids=input_ids,
@@ -158,7 +159,7 @@ class MaskedLMObjective(torch.nn.Module):
         if masked_positions is None:
             masked_positions = torch.nonzero(flat_labels != -100).squeeze(1)
         selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions)
-        logits = getattr(self.model, self.head_name)(selected)
+        logits = self.head(selected)
         return torch.nn.functional.cross_entropy(
             logits.float(), flat_labels.index_select(0, masked_positions))
 

@@ -44,6 +44,11 @@ from mlm.tokenizer import load_tokenizer, train_tokenizer
 BLOCK_COLUMNS = ["input_ids", "attention_mask", "word_start", "special_tokens_mask"]
 
 
+def block_columns(recipe: Recipe) -> list[str]:
+    """The block columns the collator reads (document_ids only for document-aware attention)."""
+    return BLOCK_COLUMNS + (["document_ids"] if recipe.packing.document_attention else [])
+
+
 # ---------------------------------------------------------------------------------------------
 # Data preparation (cached on disk, keyed by fingerprints).
 
@@ -394,7 +399,7 @@ def pretrain(recipe: Recipe) -> Path:
         tokenizer, strategy=m.masking_strategy, mlm_probability=m.mlm_probability,
         mask_replace_prob=m.mask_replace_prob, random_replace_prob=m.random_replace_prob,
         seed=t.seed, return_masked_positions=sparse, span_geometric_p=m.span_geometric_p,
-        span_max_words=m.span_max_words,
+        span_max_words=m.span_max_words, document_attention=recipe.packing.document_attention,
         # The step is the global batch index, already distinct across ranks and workers; leaving
         # them out of the seed keeps the masks independent of the number of processes.
         rank=0, worker=0,
@@ -403,7 +408,7 @@ def pretrain(recipe: Recipe) -> Path:
     optimizer = torch.optim.AdamW(param_groups(objective, t.weight_decay), lr=t.learning_rate,
                                   betas=(0.9, 0.98), eps=1e-6)
     objective, optimizer = accelerator.prepare(objective, optimizer)
-    train_rows = IndexedBlocks(train_blocks.with_format("torch", columns=BLOCK_COLUMNS))
+    train_rows = IndexedBlocks(train_blocks.with_format("torch", columns=block_columns(recipe)))
     world, accum, bsz = accelerator.num_processes, t.gradient_accumulation_steps, \
         t.per_device_train_batch_size
     per_update = world * accum  # global batches consumed by one optimizer update
@@ -540,9 +545,10 @@ def fixed_validation_batches(recipe: Recipe, tokenizer, val_blocks: Dataset,
                                mlm_probability=m.eval_mlm_probability, seed=12345,
                                return_masked_positions=sparse, rank=0, worker=0,
                                span_geometric_p=m.span_geometric_p,
-                               span_max_words=m.span_max_words)
+                               span_max_words=m.span_max_words,
+                               document_attention=recipe.packing.document_attention)
     rows = val_blocks.select(range(min(len(val_blocks), t.max_eval_blocks)))
-    rows = rows.with_format("torch", columns=BLOCK_COLUMNS)
+    rows = rows.with_format("torch", columns=block_columns(recipe))
     batches = []
     for b, i in enumerate(range(0, len(rows), t.per_device_eval_batch_size)):
         chunk = rows[i: i + t.per_device_eval_batch_size]

@@ -314,3 +314,44 @@ def test_padding_inside_fixed_length_blocks(tokenizer, blocks):
     assert not out["attention_mask"][:, -20:].any() and out["attention_mask"][:, 1:-20].all()
     assert (out["labels"][:, -20:] == -100).all()
     assert (out["input_ids"][:, -20:] == tokenizer.pad_token_id).all()
+
+
+def test_document_attention_mask(tokenizer, texts):
+    """The 4-D mask is block-diagonal over documents, excludes padding, and really isolates the
+    documents inside a BERT and a ModernBERT: editing one document leaves the other's outputs
+    unchanged with it, and changes them without it."""
+    from mlm.config import ModelConfig
+    from mlm.modeling import build_model
+
+    short = [t[:300] for t in texts[:40]]
+    packed = pack(Dataset.from_dict({"text": short}), tokenizer, 128,
+                  respect_document_boundaries=False)
+    cols = COLUMNS + ["attention_mask", "document_ids"]
+    rows = packed.with_format("torch", columns=cols)[:4]
+    examples = [{k: rows[k][i] for k in cols} for i in range(4)]
+    doc = rows["document_ids"][0]
+    assert doc.max() >= 1  # the first block holds several documents
+    collator = MaskingCollator(tokenizer, mlm_probability=0.15, document_attention=True)
+    mask = collator(examples)["attention_mask"]
+    assert mask.shape == (4, 1, 128, 128) and mask.dtype == torch.bool
+    same = doc[:, None] == doc[None, :]
+    assert torch.equal(mask[0, 0], same | torch.eye(128, dtype=torch.bool))
+    plain = MaskingCollator(tokenizer, mlm_probability=0.15)(examples)["attention_mask"]
+    assert plain.shape == (4, 128)
+
+    ids = rows["input_ids"][:1].long()
+    first = doc == 0
+    edited = ids.clone()
+    edited[0, 1:int(first.sum()) - 1] = tokenizer.mask_token_id  # rewrite document 0's words
+    for family in ("bert", "modernbert"):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(model_family=family, model_size="tiny"), tokenizer, 128)
+        model.eval()
+        with torch.no_grad():
+            isolated = [model.base_model(input_ids=x, attention_mask=mask[:1])
+                        .last_hidden_state[0] for x in (ids, edited)]
+            mixed = [model.base_model(input_ids=x, attention_mask=plain[:1])
+                     .last_hidden_state[0] for x in (ids, edited)]
+        later = ~first
+        assert torch.allclose(isolated[0][later], isolated[1][later], atol=1e-5), family
+        assert not torch.allclose(mixed[0][later], mixed[1][later], atol=1e-3), family
