@@ -30,7 +30,10 @@ from mlm.recipe import DEFAULT_RECIPE, load_recipe  # noqa: E402
 def recipe_for(tmp: Path, steps: int, precision: str, name: str, cache: Path | None) -> Path:
     data = yaml.safe_load(DEFAULT_RECIPE.read_text())
     data["sources"][0]["exclude_from"] = str(DEFAULT_RECIPE.parent / "splits" / "bbc_test.txt")
+    # The comparison is with the stock BERT + Trainer way: same family, shape and batch as it.
+    data["model"].update(model_family="bert", classifier_pooling="cls")
     data["training"].update(output_dir=str(tmp / name), max_minutes=None, max_steps=steps,
+                            per_device_train_batch_size=32,
                             eval_steps=10**6, logging_steps=10, mixed_precision=precision,
                             save_minutes=None, max_eval_blocks=64)
     path = tmp / f"{name}.yaml"

@@ -163,8 +163,10 @@ class MaskingConfig:
 
 @dataclass
 class ModelConfig:
-    model_family: Literal["bert", "roberta", "modernbert"] = "bert"
-    """transformers architecture of a model built from scratch."""
+    model_family: Literal["bert", "roberta", "modernbert"] = "modernbert"
+    """transformers architecture of a model built from scratch. ModernBERT (pre-norm, GeGLU,
+    rotary positions) is the default: on the demo budget it leaves the unigram plateau that a
+    post-LN BERT of the same shape stays on (bench/RESULTS.md, issue #9 notebook)."""
     model_size: Literal["tiny", "mini", "small", "medium", "base"] = "mini"
     """Size preset (BERT miniatures: tiny 2x128, mini 4x256, small 4x512, medium 8x512,
     base 12x768 as layers x hidden)."""
@@ -180,6 +182,9 @@ class ModelConfig:
     """Override the preset's feed-forward width (default 4x hidden)."""
     dropout: float = 0.0
     """Hidden and attention dropout during pretraining (0: none, as in cramming/ModernBERT)."""
+    classifier_pooling: Literal["cls", "mean"] = "mean"
+    """ModernBERT only: the pooling its sequence-classification head will use when fine-tuned
+    (saved in config.json; mean pooling suits encoders pretrained on a small budget)."""
     sparse_prediction: bool = True
     """Run the prediction head only on the selected tokens (the saved model is unchanged)."""
 
@@ -196,8 +201,9 @@ class TrainingConfig:
     """Share of the budget spent warming the learning rate up linearly."""
     lr_scheduler_type: Literal["linear", "cosine"] = "linear"
     """Decay after warmup, laid out over the whole budget."""
-    per_device_train_batch_size: int = 32
-    """Blocks per device per step."""
+    per_device_train_batch_size: int = 8
+    """Blocks per device per step. Small by default: on a CPU time budget, more updates of fewer
+    tokens learn faster than fewer big ones (bench/RESULTS.md); raise it on a GPU."""
     per_device_eval_batch_size: int = 64
     """Blocks per device per validation step."""
     gradient_accumulation_steps: int = 1

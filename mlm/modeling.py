@@ -61,6 +61,8 @@ def build_config(cfg: ModelConfig, tokenizer, max_seq_length: int):
     return ModernBertConfig(max_position_embeddings=max(512, max_seq_length),
                             attention_dropout=cfg.dropout, mlp_dropout=cfg.dropout,
                             embedding_dropout=cfg.dropout,
+                            # read by ModernBertForSequenceClassification when fine-tuned
+                            classifier_pooling=cfg.classifier_pooling,
                             cls_token_id=tokenizer.cls_token_id,
                             sep_token_id=tokenizer.sep_token_id,
                             bos_token_id=tokenizer.cls_token_id,

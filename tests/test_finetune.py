@@ -325,3 +325,59 @@ def test_readme_documents_every_finetune_flag():
     flags = {s for a in parser()._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
     missing = [f for f in sorted(flags) if not re.search(rf"`{f}[` ]", readme)]
     assert not missing, f"README misses {missing}"
+
+
+def test_pooling_follows_checkpoint_or_flag(tmp_path, tokenizer, tiny_model):
+    """A ModernBERT pretrained here saves mean pooling for its classifier; --pooling overrides it,
+    and the choice changes what the head reads. BERT heads read [CLS] whatever the flag."""
+    from mlm.config import ModelConfig
+    from mlm.finetune.engine import load_model
+    from mlm.modeling import build_model
+
+    folder = tmp_path / "modernbert"
+    build_model(ModelConfig(model_family="modernbert", model_size="tiny"), tokenizer, 64) \
+        .save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    batch = tokenizer(["Shares rose in London.", "The match ended in a draw after extra time."],
+                      padding=True, return_tensors="pt")
+    outputs = {}
+    for pooling in ("checkpoint", "cls", "mean"):
+        model, _ = load_model(str(folder), folder, "classification", ["a", "b"], 0,
+                              TrainConfig(pooling=pooling))
+        expected = "mean" if pooling == "checkpoint" else pooling
+        assert model.config.classifier_pooling == expected
+        model.eval()
+        with torch.no_grad():
+            outputs[pooling] = model(**batch).logits
+    assert torch.allclose(outputs["checkpoint"], outputs["mean"])
+    assert not torch.allclose(outputs["cls"], outputs["mean"])
+    bert, _ = load_model(str(tiny_model), tiny_model, "classification", ["a", "b"], 0,
+                         TrainConfig(pooling="mean"))
+    assert not hasattr(bert.config, "classifier_pooling")
+
+
+def test_long_texts_are_cut_into_windows_and_averaged(tokenizer, bbc_dir):
+    """A long article becomes consecutive windows that together hold its first tokens in order;
+    a text's prediction is the mean of its windows' logits."""
+    from mlm.finetune.classification import encode, per_document
+    from mlm.finetune.data import TextExample
+
+    texts = [p.read_text(encoding="utf-8") for p in sorted(bbc_dir.rglob("*.txt"))[:5]]
+    examples = [TextExample(text=t, pair=None, labels=["x"], where=f"doc{i}") for i, t in enumerate(texts)]
+    examples.append(TextExample(text="", pair=None, labels=["x"], where="empty"))
+    feats = encode(tokenizer, examples, ["x"], False, 64, max_windows=3)
+    plain = encode(tokenizer, examples, ["x"], False, 64)
+    assert [f["doc"] for f in plain] == list(range(6))
+    for i, text in enumerate(texts):
+        ws = [f["input_ids"] for f in feats if f["doc"] == i]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert len(ws) == min(3, -(-len(ids) // 62)) and all(len(w) <= 64 for w in ws)
+        assert [t for w in ws for t in w[1:-1]] == ids[: 62 * len(ws)]
+        assert ws[0] == plain[i]["input_ids"]
+    assert [f["input_ids"] for f in feats if f["doc"] == 5] == [[tokenizer.cls_token_id,
+                                                                 tokenizer.sep_token_id]]
+    logits = [torch.tensor([float(k), 1.0]) for k in range(len(feats))]
+    merged, firsts = per_document(logits, feats)
+    assert len(merged) == 6 and [f["doc"] for f in firsts] == list(range(6))
+    n0 = sum(f["doc"] == 0 for f in feats)
+    assert torch.allclose(merged[0], torch.tensor([(n0 - 1) / 2, 1.0]))

@@ -65,6 +65,23 @@ def test_bf16_autocast_runs_on_cpu(tiny_recipe):
     assert torch.isfinite(torch.tensor(summary["final_val_loss"]))
 
 
+@pytest.mark.parametrize("family", ["bert", "modernbert"])
+def test_document_attention_pretraining(tiny_recipe, family):
+    """With document-aware attention the loop trains (block-diagonal masks reach the model) and
+    the validation loss goes down, for both the post-LN BERT and the ModernBERT family."""
+    from mlm.pretrain import block_columns, pretrain
+
+    recipe = load_recipe(tiny_recipe(max_steps=30, eval_steps=30, mixed_precision="bf16"))
+    assert "document_ids" not in block_columns(recipe)
+    recipe.packing.document_attention = True
+    recipe.model.model_family = family
+    assert "document_ids" in block_columns(recipe)
+    out = pretrain(recipe)
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["model_family"] == family
+    assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5
+
+
 def test_continued_pretraining_from_minilm(tiny_recipe):
     """The real MiniLM checkpoint: its MLM head is missing, initialised and tied; a few steps
     of continued pretraining lower the validation loss and save a standard masked LM."""

@@ -1,7 +1,14 @@
 """Sequence classification (multi-class or multi-label) with `AutoModelForSequenceClassification`.
 
-The stock head (the [CLS] position through the model's pooler/classifier) is kept on purpose:
-the saved folder then loads in `pipeline("text-classification")` with no custom code.
+The stock head (the [CLS] position through the model's pooler/classifier, or ModernBERT's mean
+pooling) is kept on purpose: the saved folder then loads in `pipeline("text-classification")`
+with no custom code.
+
+Long texts: with `max_windows` > 1, a text longer than `max_length` is cut into consecutive
+windows of `max_length` tokens (at most `max_windows`); each window is a training example with
+the text's label, and a text's prediction averages its windows' logits. The model itself is
+unchanged (a pipeline on a long text reads its first window only), but it is trained and scored
+on all of the text that fits the windows, as a bag-of-words baseline would be.
 """
 from __future__ import annotations
 
@@ -16,24 +23,56 @@ from mlm.finetune.engine import fit, load_model, predict_logits
 from mlm.finetune.metrics import classification_scores
 
 
+def windows(tokenizer, texts: list[str], max_length: int, max_windows: int) -> list[list[list[int]]]:
+    """Each text as up to `max_windows` consecutive windows of at most `max_length` token ids,
+    special tokens included (the fast tokenizer's overflow windows, without overlap)."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length, return_overflowing_tokens=True)
+    out: list[list[list[int]]] = [[] for _ in texts]
+    for ids, doc in zip(enc["input_ids"], enc["overflow_to_sample_mapping"]):
+        if len(out[doc]) < max_windows:
+            out[doc].append(ids)
+    return out
+
+
 def encode(tokenizer, examples: list[TextExample], label_names: list[str], multi_label: bool,
-           max_length: int) -> list[dict]:
-    """Token ids (truncated to max_length) plus the label id, or a multi-hot float vector."""
+           max_length: int, max_windows: int = 1) -> list[dict]:
+    """Token ids (truncated to max_length, or cut into windows) plus the label id, or a
+    multi-hot float vector, and `doc`: the index of the example a feature comes from."""
     index = {n: i for i, n in enumerate(label_names)}
     pairs = [ex.pair for ex in examples] if any(ex.pair is not None for ex in examples) else None
-    enc = tokenizer([ex.text for ex in examples], [p or "" for p in pairs] if pairs else None,
-                    truncation=True, max_length=max_length)
+    if max_windows > 1 and not pairs:
+        per_doc = windows(tokenizer, [ex.text for ex in examples], max_length, max_windows)
+        rows = [(i, {"input_ids": w}) for i, ws in enumerate(per_doc) for w in ws]
+    else:
+        enc = tokenizer([ex.text for ex in examples], [p or "" for p in pairs] if pairs else None,
+                        truncation=True, max_length=max_length)
+        rows = []
+        for i in range(len(examples)):
+            f = {"input_ids": enc["input_ids"][i]}
+            if pairs and "token_type_ids" in enc:
+                f["token_type_ids"] = enc["token_type_ids"][i]
+            rows.append((i, f))
     feats = []
-    for i, ex in enumerate(examples):
-        f = {"input_ids": enc["input_ids"][i]}
-        if pairs and "token_type_ids" in enc:
-            f["token_type_ids"] = enc["token_type_ids"][i]
+    for i, f in rows:
+        ex = examples[i]
         if multi_label:
             f["labels"] = [1.0 if n in ex.labels else 0.0 for n in label_names]
         else:
             f["labels"] = index[ex.labels[0]]
+        f["doc"] = i
         feats.append(f)
     return feats
+
+
+def per_document(logits: list[torch.Tensor], feats: list[dict]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Average the logits of each document's windows; one feature (the first window) per document."""
+    sums: dict[int, list[torch.Tensor]] = {}
+    first: dict[int, dict] = {}
+    for lg, f in zip(logits, feats):
+        sums.setdefault(f["doc"], []).append(lg)
+        first.setdefault(f["doc"], f)
+    docs = sorted(sums)
+    return [torch.stack(sums[d]).mean(0) for d in docs], [first[d] for d in docs]
 
 
 def decide(logits: list[torch.Tensor], multi_label: bool):
@@ -56,13 +95,14 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
         cfg: TrainConfig, metric: str) -> dict:
     """Fine-tune `spec` on `subset`, pick the best epoch on validation, score the test set."""
     model, tok = load_model(spec, first_folder, "classification", data.label_names, seed, cfg, data.multi_label)
-    args = (data.label_names, data.multi_label, cfg.max_length)
+    args = (data.label_names, data.multi_label, cfg.max_length, cfg.max_windows)
     train, val, test = (encode(tok, exs, *args) for exs in (subset, data.validation, data.test))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     bs = cfg.per_device_eval_batch_size
 
     def score(feats):
-        logits = predict_logits(model, feats, bs, pad, cfg.mixed_precision)
+        logits, feats = per_document(predict_logits(model, feats, bs, pad, cfg.mixed_precision),
+                                     feats)
         refs = references(feats, data.multi_label)
         scores = classification_scores(decide(logits, data.multi_label), refs, data.multi_label)
         scores["loss"] = validation_loss(torch.stack(logits), refs, data.multi_label)

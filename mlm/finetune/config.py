@@ -84,7 +84,12 @@ class TrainConfig:
     """Stop after this many epochs in which neither the validation metric nor the validation loss
     improved (0: never stop early). The weights of the best-metric epoch are kept."""
     max_length: int = 128
-    """Tokens per classification input ([CLS]/[SEP] included); longer texts are truncated."""
+    """Tokens per classification input ([CLS]/[SEP] included); longer texts are truncated, or cut
+    into windows (max_windows)."""
+    max_windows: int = 1
+    """Classification of long texts: cut a text into up to this many consecutive windows of
+    max_length tokens, train on every window with the text's label and predict the mean of the
+    windows' logits (1: truncate to the first window). Sentence pairs are always truncated."""
     ner_max_length: int = 128
     """Tokens per NER window; longer sentences are split into overlapping windows, never truncated."""
     doc_stride: int = 32
@@ -99,6 +104,10 @@ class TrainConfig:
     """Entity-level scores in seqeval's strict mode (IOB2) instead of the CoNLL convention."""
     dropout: float | None = 0.1
     """Hidden/attention dropout during fine-tuning (None: keep the checkpoint's)."""
+    pooling: Literal["checkpoint", "cls", "mean"] = "checkpoint"
+    """How a classification head summarises the text, for models whose head offers a choice
+    (ModernBERT: the [CLS] state or the mean over tokens); checkpoint: as its config says. BERT
+    and RoBERTa heads always read [CLS] and ignore this."""
     mixed_precision: Literal["no", "bf16"] = "bf16"
     """Autocast precision of forward passes (bf16 also on CPU, where supported; about 1.5x faster)."""
 

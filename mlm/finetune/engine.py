@@ -75,6 +75,8 @@ def load_model(spec: str, first_folder: Path, task: str, label_names: list[str],
         for key in _DROPOUT_KEYS:
             if hasattr(config, key):
                 setattr(config, key, cfg.dropout)
+    if cfg.pooling != "checkpoint" and hasattr(config, "classifier_pooling"):
+        config.classifier_pooling = cfg.pooling
     torch.manual_seed(seed)  # the new head (and, for random-init, everything) depends on the seed
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "newly initialized head" warnings are expected here
