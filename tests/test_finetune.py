@@ -381,3 +381,69 @@ def test_long_texts_are_cut_into_windows_and_averaged(tokenizer, bbc_dir):
     assert len(merged) == 6 and [f["doc"] for f in firsts] == list(range(6))
     n0 = sum(f["doc"] == 0 for f in feats)
     assert torch.allclose(merged[0], torch.tensor([(n0 - 1) / 2, 1.0]))
+
+
+@pytest.fixture(scope="module")
+def bbc_multi_and_pairs(tmp_path_factory, bbc_dir) -> dict:
+    """Multi-label (topic + whether the title mentions a number) and sentence-pair (title, body)
+    CSV files of real BBC articles."""
+    import csv
+
+    folder = tmp_path_factory.mktemp("bbc_multi")
+    files = {}
+    for split, (lo, hi) in {"train": (0, 16), "validation": (16, 20), "test": (20, 26)}.items():
+        for kind in ("multi", "pair"):
+            path = folder / f"{kind}_{split}.csv"
+            with path.open("w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["title", "body", "label"])
+                for topic in ("business", "sports", "tech"):
+                    for doc in sorted((bbc_dir / topic).glob("*.txt"))[lo:hi]:
+                        title, _, body = doc.read_text(errors="replace").partition("\n")
+                        tags = [topic] + (["number"] if any(c.isdigit() for c in title) else [])
+                        w.writerow([title, body[:300], "|".join(tags) if kind == "multi" else topic])
+            files[f"{kind}_{split}"] = path
+    return files
+
+
+@pytest.mark.parametrize("kind", ["multi", "pair"])
+def test_multi_label_and_sentence_pair_runs(tmp_path, tiny_model, bbc_multi_and_pairs, kind):
+    """Multi-label: multi-hot targets, subset accuracy and micro-F1, list predictions, a saved
+    model whose config says multi-label; sentence pairs: both texts reach the model (token type
+    ids) and TF-IDF reads both. Both run through the same protocol as single-label tasks."""
+    from mlm.finetune.classification import encode
+    from mlm.finetune.data import load_task
+
+    f = bbc_multi_and_pairs
+    data = DataConfig(train_file=str(f[f"{kind}_train"]), validation_file=str(f[f"{kind}_validation"]),
+                      test_file=str(f[f"{kind}_test"]), multi_label=kind == "multi",
+                      label_delimiter="|" if kind == "multi" else None,
+                      text_column="title" if kind == "pair" else "body",
+                      text_pair_column="body" if kind == "pair" else None)
+    train = TrainConfig(num_train_epochs=2, max_length=48, learning_rate=1e-3, mixed_precision="no")
+    task = TaskConfig(name=kind, data=data, training=train, protocol=ProtocolConfig(seeds=1))
+    loaded = load_task(data)
+    if kind == "multi":
+        assert set(loaded.label_names) == {"business", "sports", "tech", "number"}
+        assert any(len(ex.labels) == 2 for ex in loaded.train)
+    else:
+        from transformers import AutoTokenizer
+
+        feats = encode(AutoTokenizer.from_pretrained(str(tiny_model)), loaded.train[:2],
+                       loaded.label_names, False, 48)
+        assert all(1 in ft["token_type_ids"] for ft in feats)  # the second text is there
+    out = tmp_path / "out"
+    res = finetune(FinetuneConfig(models=[str(tiny_model), "tfidf-logreg"], tasks=[task],
+                                  run=RunConfig(output_dir=str(out), quiet=True)))
+    summary = res["tasks"][0]["summary"]
+    for model in (str(tiny_model), "tfidf-logreg"):
+        scores = next(iter(summary[model].values()))
+        assert 0.0 <= scores["micro_f1"]["mean"] <= 1.0 and scores["accuracy"]["n"] == 1
+    assert summary["tfidf-logreg"][next(iter(summary["tfidf-logreg"]))]["micro_f1"]["mean"] > 0.4
+    [folder] = [p for p in (out / "models" / kind).iterdir() if tiny_model.name in p.name]
+    preds = [json.loads(x) for x in (folder / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 18 and all(isinstance(p["prediction"], list) for p in preds)
+    if kind == "multi":
+        from transformers import AutoConfig
+
+        assert AutoConfig.from_pretrained(str(folder)).problem_type == "multi_label_classification"
