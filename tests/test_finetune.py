@@ -271,6 +271,7 @@ def _cli(*args, cwd=REPO):
     (["--model", "tfidf-logreg", "--train_file", "missing.csv"], "training data not found: missing.csv"),
     ([], "run `python train_mlm.py` first"),
     (["--model", "tfidf-logreg", "--train_sizes", "5000"], "larger than the 1625 training examples"),
+    (["--model", "tfidf-logreg", "--max_windows", "0"], "--max_windows must be at least 1, got 0"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, expected):
     res = _cli(*args, cwd=tmp_path)

@@ -105,6 +105,8 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
         raise UserError(f"--metric {metric} is not one of {', '.join(names)} for {kind}")
     if task.protocol.seeds < 1:
         raise UserError("--seeds must be at least 1")
+    if task.training.max_windows < 1:
+        raise UserError(f"--max_windows must be at least 1, got {task.training.max_windows}")
     sizes = parse_sizes(task.protocol.train_sizes, len(data.train))
     seeds = [task.protocol.seed + i for i in range(task.protocol.seeds)]
     strat = kind == "classification" and not data.multi_label
