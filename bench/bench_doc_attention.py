@@ -21,24 +21,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml  # noqa: E402
+
+from demo_recipe import demo_recipe  # noqa: E402
 
 from mlm.pretrain import pretrain  # noqa: E402
-from mlm.recipe import DEFAULT_RECIPE, load_recipe  # noqa: E402
+from mlm.recipe import load_recipe  # noqa: E402
 
 
 def run(tmp: Path, steps: int, length: int, document_attention: bool) -> dict:
-    data = yaml.safe_load(DEFAULT_RECIPE.read_text())
-    data["sources"][0]["exclude_from"] = str(DEFAULT_RECIPE.parent / "splits" / "bbc_test.txt")
-    name = f"doc-{document_attention}"
-    data["packing"].update(max_seq_length=length, document_attention=document_attention)
-    data["training"].update(output_dir=str(tmp / name), max_minutes=None, max_steps=steps,
-                            eval_steps=10**6, save_minutes=None, max_eval_blocks=256)
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    if document_attention and (tmp / "doc-False" / "cache").exists():
-        (tmp / name).mkdir(parents=True, exist_ok=True)  # reuse the corpus/tokenizer/blocks
-        os.symlink(tmp / "doc-False" / "cache", tmp / name / "cache")
+    path = demo_recipe(tmp, f"doc-{document_attention}", steps,
+                       tmp / "doc-False" / "cache",  # the second run reuses the first's blocks
+                       packing={"max_seq_length": length, "document_attention": document_attention},
+                       training={"max_eval_blocks": 256})
     out = pretrain(load_recipe(path))
     return json.loads((out / "run_summary.json").read_text())
 

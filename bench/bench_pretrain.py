@@ -20,28 +20,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
+from demo_recipe import demo_recipe  # noqa: E402
 
 from mlm.modeling import flops_per_token  # noqa: E402
 from mlm.pretrain import device_peak_flops, prepare_data, pretrain  # noqa: E402
-from mlm.recipe import DEFAULT_RECIPE, load_recipe  # noqa: E402
+from mlm.recipe import load_recipe  # noqa: E402
 
 
 def recipe_for(tmp: Path, steps: int, precision: str, name: str, cache: Path | None) -> Path:
-    data = yaml.safe_load(DEFAULT_RECIPE.read_text())
-    data["sources"][0]["exclude_from"] = str(DEFAULT_RECIPE.parent / "splits" / "bbc_test.txt")
     # The comparison is with the stock BERT + Trainer way: same family, shape and batch as it.
-    data["model"].update(model_family="bert", classifier_pooling="cls")
-    data["training"].update(output_dir=str(tmp / name), max_minutes=None, max_steps=steps,
-                            per_device_train_batch_size=32,
-                            eval_steps=10**6, logging_steps=10, mixed_precision=precision,
-                            save_minutes=None, max_eval_blocks=64)
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    if cache is not None and not (tmp / name / "cache").exists():
-        (tmp / name).mkdir(parents=True, exist_ok=True)
-        os.symlink(cache, tmp / name / "cache")
-    return path
+    return demo_recipe(tmp, name, steps, cache,
+                       model={"model_family": "bert", "classifier_pooling": "cls"},
+                       training={"per_device_train_batch_size": 32, "logging_steps": 10,
+                                 "mixed_precision": precision, "max_eval_blocks": 64})
 
 
 def ours(tmp: Path, steps: int, precision: str, cache: Path) -> float:
