@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -100,22 +100,24 @@ def prepare_data(recipe: Recipe, accelerator: Accelerator | None = None):
     tokenizer = load_tokenizer(tok_dir)
     tok_hash = _hash(json.loads((tok_dir / "tokenizer.json").read_text()))
     block_key = _hash({"corpus": corpus_fingerprint(recipe), "tok": tok_hash,
-                       "len": recipe.packing.max_seq_length, "packing": "v2",
+                       "len": recipe.packing.max_seq_length, "packing": "v3",
                        "respect": recipe.packing.respect_document_boundaries})
     block_dir = cache / "blocks" / block_key
     if main and not (block_dir / "done").is_file():
         tmp = block_dir.with_name(block_key + ".tmp")
-        for split in ("train", "validation"):
-            blocks = pack(corpus[split], tokenizer, recipe.packing.max_seq_length,
-                          recipe.packing.num_proc,
-                          respect_document_boundaries=recipe.packing.respect_document_boundaries)
-            blocks.save_to_disk(str(tmp / split))
+        shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
+        tmp.mkdir(parents=True)
+        for split in ("train", "validation"):  # written as packed: memory holds one batch
+            pack(corpus[split], tokenizer, recipe.packing.max_seq_length,
+                 recipe.packing.num_proc,
+                 respect_document_boundaries=recipe.packing.respect_document_boundaries,
+                 path=tmp / f"{split}.arrow")
         (tmp / "done").write_text("ok")
         tmp.rename(block_dir)
     if accelerator is not None:
         accelerator.wait_for_everyone()
-    train = load_from_disk(str(block_dir / "train"))
-    val = load_from_disk(str(block_dir / "validation"))
+    train = load_blocks(block_dir / "train.arrow")
+    val = load_blocks(block_dir / "validation.arrow")
     return tokenizer, train, val, corpus_stats(recipe, cache / "corpus")
 
 
@@ -659,5 +661,5 @@ def _yaml(obj) -> str:
 
 
 def load_blocks(path: str | Path) -> Dataset:
-    """Load packed blocks written by prepare_data."""
-    return load_from_disk(str(path))
+    """Packed blocks written by prepare_data (an Arrow file, memory-mapped)."""
+    return Dataset.from_file(str(path))

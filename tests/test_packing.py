@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +129,48 @@ def test_bad_input_is_a_clear_error(tok):
         pack(Dataset.from_dict({"text": [""]}), tok, L)
 
 
-def test_worker_processes_give_the_same_blocks(docs):
+def process_env(name: str) -> str:
+    """`name` in the process environment (what a child process, or Rust, sees)."""
+    return subprocess.run(["sh", "-c", f"echo ${{{name}}}"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_worker_processes_give_the_same_blocks(docs, monkeypatch):
     tok = load_tokenizer(MINILM)
     small = docs.select(range(40))
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # conftest sets it
+    before = process_env("TOKENIZERS_PARALLELISM")
     assert pack(small, tok, L, num_proc=2)[:] == pack(small, tok, L)[:]
+    # datasets' map leaves TOKENIZERS_PARALLELISM=false in the process environment, which
+    # would make every later encode single-threaded; packing puts it back.
+    assert process_env("TOKENIZERS_PARALLELISM") == before
+
+
+@pytest.mark.parametrize("respect", [False, True])
+def test_batches_and_disk_give_the_same_blocks(tok, docs, respect, tmp_path):
+    """Packing a batch of documents at a time (the open block carried over) and writing the
+    blocks to disk as they come gives exactly the blocks of one batch in memory."""
+    whole = pack(docs, tok, L, respect_document_boundaries=respect, batch_bytes=2**40)[:]
+    # ~2 KB batches: some hold one document, some several, and most end inside a block.
+    on_disk = pack(docs, tok, L, respect_document_boundaries=respect, batch_bytes=2000,
+                   path=tmp_path / "blocks.arrow")
+    assert (tmp_path / "blocks.arrow").stat().st_size > 0
+    assert on_disk[:] == whole
+    assert on_disk.features == pack(docs.select(range(3)), tok, L).features
+
+
+def test_word_starts_from_wordpiece_ids_match_word_ids(docs):
+    """For a WordPiece model, packing reads word starts off the "##" prefix of the ids (so it
+    can encode without word ids); on real text and on added tokens inside the text this must
+    agree with the tokenizer's own word ids."""
+    tok = train_tokenizer(docs, TokenizerConfig(tokenizer_kind="wordpiece", vocab_size=1500))
+    texts = list(docs["text"][:30]) + ["a [MASK] in text, ##hash and naïve café 東京 [SEP]x"]
+    blocks = arrays(pack(Dataset.from_dict({"text": texts}), tok, L))
+    stream, starts = [], []
+    for doc_ids, doc_starts in expected(tok, Dataset.from_dict({"text": texts})):
+        stream += doc_ids + [tok.sep_token_id]
+        starts += doc_starts + [False]
+    body = blocks["attention_mask"][:, 1:-1] == 1
+    assert blocks["input_ids"][:, 1:-1][body].tolist() == stream
+    assert blocks["word_start"][:, 1:-1][body].astype(bool).tolist() == starts
+    assert tok.mask_token_id in stream and "##" in "".join(tok.convert_ids_to_tokens(stream))
