@@ -84,8 +84,11 @@ def _overlaps(a: dict, b: dict) -> bool:
 
 
 def winners(section: dict) -> list[str]:
-    """One sentence per train size: the best model by mean, and who it is not separated from."""
+    """One sentence per train size: the best model by mean, and who it is not separated from.
+    None with a single model: there is nothing to win against."""
     metric, lines = section["metric"], []
+    if len(section["models"]) < 2:
+        return lines
     for size in section["sizes"]:
         stats = {m: section["summary"][m][str(size)][metric] for m in section["models"]}
         best = max(stats, key=lambda m: stats[m]["mean"])

@@ -219,6 +219,21 @@ def test_protocol_two_models_two_sizes_two_seeds(tmp_path, tiny_model, bbc_csv):
     assert len((folder / "predictions.jsonl").read_text().splitlines()) == 18
 
 
+def test_winners_need_two_models_and_separated_intervals():
+    from mlm.report import winners
+
+    def stat(mean, lo, hi):
+        return {"macro_f1": {"mean": mean, "ci95": [lo, hi], "n": 3}}
+
+    section = {"metric": "macro_f1", "sizes": [100], "models": ["a", "b"],
+               "summary": {"a": {"100": stat(0.9, 0.88, 0.92)}, "b": {"100": stat(0.8, 0.78, 0.82)}}}
+    assert winners(section) == ["n=100: **a** wins (macro_f1 0.900); its 95 % interval overlaps no other model's"]
+    section["summary"]["b"]["100"] = stat(0.89, 0.85, 0.93)
+    assert winners(section)[0].endswith("its 95 % interval overlaps b: not a clear win over them")
+    section["models"] = ["a"]  # one model alone wins nothing
+    assert winners(section) == []
+
+
 def test_ner_run_saves_a_pipeline_model(tmp_path, tiny_model, wnut_jsonl):
     data = DataConfig(task="ner", train_file=str(wnut_jsonl["train"]),
                       validation_file=str(wnut_jsonl["validation"]), test_file=str(wnut_jsonl["test"]),
