@@ -33,6 +33,7 @@ from datasets import Dataset, Features, List, Value
 from datasets.arrow_writer import ArrowWriter
 from datasets.fingerprint import generate_random_fingerprint
 from tokenizers import Tokenizer
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from mlm.errors import UserError
@@ -297,12 +298,14 @@ class BlockPacker:
 
 def pack(dataset: Dataset, tokenizer: PreTrainedTokenizerFast, max_seq_length: int,
          num_proc: int | None = None, respect_document_boundaries: bool = False,
-         path: str | Path | None = None, batch_bytes: int = BATCH_BYTES) -> Dataset:
+         path: str | Path | None = None, batch_bytes: int = BATCH_BYTES,
+         progress: str | None = None) -> Dataset:
     """Tokenize `dataset["text"]` and pack it into fixed-length blocks (see module docstring).
 
     With `path`, blocks are written to that Arrow file as they are made and the returned
     Dataset is memory-mapped from it, so memory holds one batch of documents at a time;
-    without, the blocks are kept in memory.
+    without, the blocks are kept in memory. `progress`: the label of a progress bar (documents
+    and blocks so far) on stderr; None for none.
     """
     limit = getattr(tokenizer, "model_max_length", None) or 10**9
     if max_seq_length < 8 or max_seq_length > max(limit, 8):
@@ -319,11 +322,15 @@ def pack(dataset: Dataset, tokenizer: PreTrainedTokenizerFast, max_seq_length: i
         if columns is not None:
             (writer.write_table if writer is not None else tables.append)(_to_table(columns))
 
+    bar = tqdm(total=len(dataset), unit="doc", desc=progress, disable=progress is None)
     try:
         for ids, starts, lengths in encoded_batches(dataset, tokenizer, num_proc, batch_bytes):
             emit(packer.add(ids, starts, lengths))
+            bar.update(len(lengths))
+            bar.set_postfix(blocks=f"{packer.blocks:,}", refresh=False)
         emit(packer.finish())
     finally:
+        bar.close()
         if writer is not None:
             writer.finalize()
     if not packer.blocks:

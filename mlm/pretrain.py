@@ -111,7 +111,7 @@ def prepare_data(recipe: Recipe, accelerator: Accelerator | None = None):
             pack(corpus[split], tokenizer, recipe.packing.max_seq_length,
                  recipe.packing.num_proc,
                  respect_document_boundaries=recipe.packing.respect_document_boundaries,
-                 path=tmp / f"{split}.arrow")
+                 path=tmp / f"{split}.arrow", progress=f"pack {split}")
         (tmp / "done").write_text("ok")
         tmp.rename(block_dir)
     if accelerator is not None:
