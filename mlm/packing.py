@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -105,29 +106,34 @@ def _encode_map(batch: dict, tokenizer_json: str) -> dict:
 
 
 def encoded_batches(dataset: Dataset, tokenizer: PreTrainedTokenizerFast,
-                    num_proc: int | None = None, batch_bytes: int = BATCH_BYTES):
+                    num_proc: int | None = None, batch_bytes: int = BATCH_BYTES,
+                    scratch: str | Path | None = None):
     """Yield (ids, word_start, lengths) flat arrays for consecutive runs of documents of
     `dataset["text"]`, about `batch_bytes` of text each, in corpus order.
 
     One process: the Rust tokenizer encodes a batch on all its threads. `num_proc` > 1: a
-    `datasets.map` over worker processes writes the encodings to its cache, read back here a
-    batch at a time. Either way memory holds one batch, never the corpus.
+    `datasets.map` over worker processes writes the encodings to a temporary Arrow file in
+    `scratch` (default: the system's temporary folder), read back here a batch at a time and
+    deleted at the end, so nothing is left next to the corpus. Either way memory holds one
+    batch, never the corpus.
     """
     backend = raw_backend(tokenizer)
     text = dataset.select_columns(["text"])
     if num_proc and num_proc > 1:
-        with tokenizer_threads_kept():
-            mapped = text.map(
-                _encode_map, batched=True, batch_size=1024, num_proc=num_proc,
-                remove_columns=["text"], fn_kwargs={"tokenizer_json": backend.to_str()},
-                desc="tokenize",
-            )
-        for table in _byte_batches(mapped.with_format("arrow"), batch_bytes, "ids", 4):
-            ids_col, starts_col = table.column("ids").combine_chunks(), \
-                table.column("starts").combine_chunks()
-            yield (ids_col.flatten().to_numpy().astype(np.int32),
-                   starts_col.flatten().to_numpy(zero_copy_only=False).astype(bool),
-                   np.diff(ids_col.offsets.to_numpy()).astype(np.int64))
+        with tempfile.TemporaryDirectory(dir=scratch, prefix="mlm-tokens-",
+                                         ignore_cleanup_errors=True) as tmp:
+            with tokenizer_threads_kept():
+                mapped = text.map(
+                    _encode_map, batched=True, batch_size=1024, num_proc=num_proc,
+                    remove_columns=["text"], fn_kwargs={"tokenizer_json": backend.to_str()},
+                    cache_file_name=str(Path(tmp) / "tokens.arrow"), desc="tokenize",
+                )
+            for table in _byte_batches(mapped.with_format("arrow"), batch_bytes, "ids", 4):
+                ids_col, starts_col = table.column("ids").combine_chunks(), \
+                    table.column("starts").combine_chunks()
+                yield (ids_col.flatten().to_numpy().astype(np.int32),
+                       starts_col.flatten().to_numpy(zero_copy_only=False).astype(bool),
+                       np.diff(ids_col.offsets.to_numpy()).astype(np.int64))
         return
     continuation = _continuation_table(backend)
     for table in _byte_batches(text.with_format("arrow"), batch_bytes, "text", 1):
@@ -324,7 +330,9 @@ def pack(dataset: Dataset, tokenizer: PreTrainedTokenizerFast, max_seq_length: i
 
     bar = tqdm(total=len(dataset), unit="doc", desc=progress, disable=progress is None)
     try:
-        for ids, starts, lengths in encoded_batches(dataset, tokenizer, num_proc, batch_bytes):
+        scratch = Path(path).parent if path is not None else None
+        for ids, starts, lengths in encoded_batches(dataset, tokenizer, num_proc, batch_bytes,
+                                                    scratch):
             emit(packer.add(ids, starts, lengths))
             bar.update(len(lengths))
             bar.set_postfix(blocks=f"{packer.blocks:,}", refresh=False)

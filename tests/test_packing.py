@@ -135,12 +135,14 @@ def process_env(name: str) -> str:
                           text=True, check=True).stdout
 
 
-def test_worker_processes_give_the_same_blocks(docs, monkeypatch):
+def test_worker_processes_give_the_same_blocks(docs, monkeypatch, tmp_path):
     tok = load_tokenizer(MINILM)
     small = docs.select(range(40))
     monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # conftest sets it
     before = process_env("TOKENIZERS_PARALLELISM")
-    assert pack(small, tok, L, num_proc=2)[:] == pack(small, tok, L)[:]
+    out = tmp_path / "blocks.arrow"
+    assert pack(small, tok, L, num_proc=2, path=out)[:] == pack(small, tok, L)[:]
+    assert [p.name for p in tmp_path.iterdir()] == ["blocks.arrow"]  # workers' scratch is gone
     # datasets' map leaves TOKENIZERS_PARALLELISM=false in the process environment, which
     # would make every later encode single-threaded; packing puts it back.
     assert process_env("TOKENIZERS_PARALLELISM") == before
