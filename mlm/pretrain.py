@@ -91,7 +91,7 @@ def prepare_data(recipe: Recipe, accelerator: Accelerator | None = None):
         tok_key = _hash({"corpus": corpus_fingerprint(recipe), "tok": to_dict(tcfg)})
         tok_dir = cache / "tokenizer" / tok_key
         if main and not (tok_dir / "tokenizer.json").is_file():
-            tok = train_tokenizer(corpus["train"], tcfg)  # streamed, sampled per tcfg
+            tok = train_tokenizer(corpus["train"], tcfg, progress=True)  # streamed, sampled
             tmp = tok_dir.with_name(tok_dir.name + ".tmp")
             tok.save_pretrained(str(tmp))
             tmp.rename(tok_dir)

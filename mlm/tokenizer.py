@@ -93,10 +93,11 @@ def _normalizer(config: TokenizerConfig) -> normalizers.Normalizer:
     return normalizers.Sequence(steps)
 
 
-def train_tokenizer(texts: Iterable[str] | Dataset,
-                    config: TokenizerConfig) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str] | Dataset, config: TokenizerConfig,
+                    progress: bool = False) -> PreTrainedTokenizerFast:
     """Train a tokenizer of `config.tokenizer_kind` on `texts` (strings, or a Dataset with a
-    `text` column), on the sample that `max_train_documents` / `max_train_bytes` allow."""
+    `text` column), on the sample that `max_train_documents` / `max_train_bytes` allow.
+    `progress`: the tokenizers library's own progress bars (reading, then merging) on stderr."""
     kind = config.tokenizer_kind
     specials = ROBERTA_SPECIALS if kind == "bpe" else BERT_SPECIALS
     special_list = list(dict.fromkeys(specials.values()))
@@ -113,7 +114,7 @@ def train_tokenizer(texts: Iterable[str] | Dataset,
         tok.decoder = decoders.WordPiece(prefix="##")
         trainer = trainers.WordPieceTrainer(
             vocab_size=config.vocab_size, min_frequency=config.min_frequency,
-            special_tokens=special_list, continuing_subword_prefix="##", show_progress=False,
+            special_tokens=special_list, continuing_subword_prefix="##", show_progress=progress,
         )
     elif kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=None))
@@ -123,7 +124,7 @@ def train_tokenizer(texts: Iterable[str] | Dataset,
         trainer = trainers.BpeTrainer(
             vocab_size=config.vocab_size, min_frequency=config.min_frequency,
             special_tokens=special_list, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
+            show_progress=progress,
         )
     else:
         tok = Tokenizer(models.Unigram())
@@ -132,7 +133,7 @@ def train_tokenizer(texts: Iterable[str] | Dataset,
         tok.decoder = decoders.Metaspace()
         trainer = trainers.UnigramTrainer(
             vocab_size=config.vocab_size, special_tokens=special_list, unk_token="[UNK]",
-            show_progress=False,
+            show_progress=progress,
         )
     sample = sample_texts(texts, config.max_train_documents, config.max_train_bytes)
     tok.train_from_iterator(_batches(sample), trainer=trainer)
