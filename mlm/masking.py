@@ -40,6 +40,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from mlm.errors import UserError
+from mlm.tokenizer import wordpiece_continuations
 
 STRATEGIES = ("token", "whole_word", "span")
 _MASK64 = (1 << 64) - 1
@@ -76,12 +77,13 @@ def _vocab_word_starts(tokenizer) -> torch.Tensor | None:
     """Per vocabulary id: does this token begin a word? None if the vocabulary doesn't say."""
     vocab = tokenizer.get_vocab()
     size = max(len(tokenizer), max(vocab.values()) + 1)
-    prefix = None
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        prefix = getattr(backend.model, "continuing_subword_prefix", None)
-    if not prefix and sum(t.startswith("##") for t in vocab) > 0.05 * len(vocab):
-        prefix = "##"
+    continuation = wordpiece_continuations(backend) if backend is not None else None
+    if continuation is not None:
+        table = torch.ones(size, dtype=torch.bool)
+        table[:len(continuation)] = torch.from_numpy(~continuation)
+        return table
+    prefix = "##" if sum(t.startswith("##") for t in vocab) > 0.05 * len(vocab) else None
     table = torch.zeros(size, dtype=torch.bool)
     if prefix:
         for tok, i in vocab.items():

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 from datasets import Dataset
 from tokenizers import (
     Tokenizer,
@@ -161,6 +162,23 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     if tok.mask_token is None:
         raise UserError(f"{path}: the tokenizer has no mask token, so it cannot train an MLM")
     return tok
+
+
+def wordpiece_continuations(backend: Tokenizer) -> np.ndarray | None:
+    """Per vocabulary id (added tokens included): is it a WordPiece continuation piece ("##…")?
+
+    A WordPiece model encodes each pre-tokenized word on its own, its first piece without the
+    prefix and every later piece with it, so the prefix says exactly where words start, as
+    `word_ids` would. None for other models (BPE, Unigram), whose markers only approximate it.
+    """
+    prefix = getattr(backend.model, "continuing_subword_prefix", None)
+    if type(backend.model).__name__ != "WordPiece" or not prefix:
+        return None
+    vocab = backend.get_vocab(with_added_tokens=True)
+    table = np.zeros(max(vocab.values()) + 1, dtype=bool)
+    table[[i for t, i in vocab.items() if t.startswith(prefix)]] = True
+    table[list(backend.get_added_tokens_decoder())] = False  # added tokens are whole words
+    return table
 
 
 def raw_backend(tokenizer: PreTrainedTokenizerFast) -> Tokenizer:
