@@ -42,7 +42,6 @@ from mlm.tokenizer import raw_backend, wordpiece_continuations
 
 TYPES = {"input_ids": np.int32, "word_start": np.int8, "special_tokens_mask": np.int8,
          "attention_mask": np.int8, "document_ids": np.int32}
-COLUMNS = list(TYPES)
 FEATURES = Features({name: List(Value(np.dtype(t).name)) for name, t in TYPES.items()})
 PARALLELISM = "TOKENIZERS_PARALLELISM"
 BATCH_BYTES = 4 * 2**20
@@ -141,6 +140,8 @@ def tokenizer_threads_kept():
         yield
     finally:
         if before is None:
+            # map replaced os.environ by a copy that lacks the key, so popping it may not
+            # reach the process environment: unset it there too.
             os.environ.pop(PARALLELISM, None)
             os.unsetenv(PARALLELISM)
         else:
@@ -315,9 +316,9 @@ def pack(dataset: Dataset, tokenizer: PreTrainedTokenizerFast, max_seq_length: i
         if columns is not None:
             (writer.write_table if writer is not None else tables.append)(_to_table(columns))
 
+    scratch = Path(path).parent if path is not None else None  # for the workers' encodings
     bar = tqdm(total=len(dataset), unit="doc", desc=progress, disable=progress is None)
     try:
-        scratch = Path(path).parent if path is not None else None
         for ids, starts, lengths in encoded_batches(dataset, tokenizer, num_proc, batch_bytes,
                                                     scratch):
             emit(packer.add(ids, starts, lengths))
