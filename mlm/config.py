@@ -202,9 +202,10 @@ class TrainingConfig:
     """Share of the budget spent warming the learning rate up linearly."""
     lr_scheduler_type: Literal["linear", "cosine"] = "linear"
     """Decay after warmup, laid out over the whole budget."""
-    per_device_train_batch_size: int = 8
-    """Blocks per device per step. Small by default: on a CPU time budget, more updates of fewer
-    tokens learn faster than fewer big ones (bench/RESULTS.md); raise it on a GPU."""
+    per_device_train_batch_size: int | None = None
+    """Blocks per device per step (default: 8 on CPU, where on a time budget more updates of
+    fewer tokens learn faster than fewer big ones (bench/RESULTS.md); 64 on a GPU, where a batch
+    of 8 leaves the device mostly idle)."""
     per_device_eval_batch_size: int = 64
     """Blocks per device per validation step."""
     gradient_accumulation_steps: int = 1
@@ -227,8 +228,12 @@ class TrainingConfig:
     """Log training loss every this many updates."""
     seed: int = 42
     """Seed of model initialisation, data order and masks."""
-    dataloader_num_workers: int = 0
-    """DataLoader worker processes."""
+    dataloader_num_workers: int | None = None
+    """DataLoader worker processes that mask batches ahead of the model (default: none on CPU,
+    where they would take cores from the model; 4 on a GPU, with pinned memory)."""
+    torch_compile: bool = False
+    """Compile the model with torch.compile (inductor): faster steps after a warm-up of tens of
+    seconds to minutes; worth it on a GPU for runs longer than a few minutes."""
     save_steps: int | None = None
     """Write a checkpoint every this many optimizer updates."""
     save_minutes: float | None = 10.0
@@ -240,7 +245,24 @@ class TrainingConfig:
     max_nonfinite_steps: int = 5
     """Stop after this many non-finite losses in a row (each such step is skipped)."""
     torch_threads: int | None = None
-    """torch intra-op threads (None: torch's default)."""
+    """torch intra-op threads (default: the CPUs this process may use, by affinity and cgroup
+    quota, shared among the processes of an `accelerate launch` on CPU)."""
+
+    def train_batch_size(self, device_type: str) -> int:
+        """per_device_train_batch_size, or its default for the device type."""
+        if self.per_device_train_batch_size is not None:
+            return self.per_device_train_batch_size
+        return DEFAULT_BATCH_SIZE["cpu" if device_type == "cpu" else "gpu"]
+
+    def loader_workers(self, device_type: str) -> int:
+        """dataloader_num_workers, or its default for the device type."""
+        if self.dataloader_num_workers is not None:
+            return self.dataloader_num_workers
+        return 0 if device_type == "cpu" else 4
+
+
+DEFAULT_BATCH_SIZE = {"cpu": 8, "gpu": 64}
+"""Default per_device_train_batch_size by device (one source: TrainingConfig reads it)."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from mlm.config import Recipe, to_dict
 from mlm.corpus import build_corpus
 from mlm.corpus.build import corpus_stats, format_stats
+from mlm.cpus import set_torch_threads
 from mlm.errors import UserError
 from mlm.masking import MaskingCollator
 from mlm.modeling import (
@@ -150,8 +151,26 @@ class EpochBatches(Sampler):
         return len(range(self.start + self.rank, self.usable, self.world))
 
 
+class RunBatches(Sampler):
+    """EpochBatches epoch after epoch from (`epoch`, `start`), each row keyed (epoch, global batch
+    index, row): one DataLoader, and its worker processes, serve the whole run."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int, rank: int,
+                 world: int, usable: int):
+        self.args = (n, batch_size, seed)
+        self.epoch, self.start, self.rank, self.world, self.usable = epoch, start, rank, world, usable
+
+    def __iter__(self):
+        epoch, start = self.epoch, self.start
+        while True:
+            for batch in EpochBatches(*self.args, epoch, start, self.rank, self.world, self.usable):
+                yield [(epoch, b, i) for b, i in batch]
+            epoch, start = epoch + 1, 0
+
+
 class IndexedBlocks(torch.utils.data.Dataset):
-    """Packed blocks fetched a batch at a time; each example carries its global batch index."""
+    """Packed blocks fetched a batch at a time; each example carries its epoch and global batch
+    index (keys are (epoch, batch, row), as RunBatches yields them)."""
 
     def __init__(self, rows: Dataset):
         self.rows = rows
@@ -159,24 +178,29 @@ class IndexedBlocks(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict]:
-        batch = self.rows[[i for _, i in keys]]
-        return [{**{k: v[j] for k, v in batch.items()}, "batch_index": keys[0][0]}
-                for j in range(len(keys))]
+    def __getitems__(self, keys: list[tuple[int, int, int]]) -> list[dict]:
+        batch = self.rows[[i for _, _, i in keys]]
+        return [{**{k: v[j] for k, v in batch.items()}, "epoch": keys[0][0],
+                 "batch_index": keys[0][1]} for j in range(len(keys))]
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
         return self.__getitems__([key])[0]
 
 
 class SeededCollate:
-    """Calls the masking collator with its step set to the global batch index."""
+    """Calls the masking collator with its epoch and step set from the batch's keys, and its
+    masking rate read from `rate`, a shared-memory tensor the loop updates (so the schedule
+    reaches DataLoader worker processes too, a few prefetched batches late)."""
 
     def __init__(self, collator: MaskingCollator):
         self.collator = collator
+        self.rate = torch.tensor([collator.mlm_probability], dtype=torch.float64).share_memory_()
 
     def __call__(self, examples: list[dict]) -> dict:
+        self.collator.set_epoch(examples[0]["epoch"])
         self.collator.set_step(examples[0]["batch_index"])
-        return self.collator([{k: v for k, v in e.items() if k != "batch_index"}
+        self.collator.set_mlm_probability(float(self.rate[0]))
+        return self.collator([{k: v for k, v in e.items() if k not in ("epoch", "batch_index")}
                               for e in examples])
 
 
@@ -361,8 +385,7 @@ def pretrain(recipe: Recipe) -> Path:
         raise UserError("set a budget: max_steps, max_tokens or max_minutes")
     out = Path(t.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if t.torch_threads:
-        torch.set_num_threads(t.torch_threads)
+    set_torch_threads(t.torch_threads)
     resume_from = None
     if t.resume:
         resume_from = latest_checkpoint(recipe)
@@ -407,12 +430,16 @@ def pretrain(recipe: Recipe) -> Path:
         rank=0, worker=0,
     )
     val_batches = fixed_validation_batches(recipe, tokenizer, val_blocks, sparse)
+    if t.torch_compile:  # in place: parameter names (checkpoints) are unchanged
+        objective.compile()
+    # Fused AdamW skips an update on the device when `found_inf` is set: no host sync per step.
+    fused = accelerator.device.type in ("cuda", "cpu") and accelerator.scaler is None
     optimizer = torch.optim.AdamW(param_groups(objective, t.weight_decay), lr=t.learning_rate,
-                                  betas=(0.9, 0.98), eps=1e-6)
+                                  betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     train_rows = IndexedBlocks(train_blocks.with_format("torch", columns=block_columns(recipe)))
-    world, accum, bsz = accelerator.num_processes, t.gradient_accumulation_steps, \
-        t.per_device_train_batch_size
+    world, accum = accelerator.num_processes, t.gradient_accumulation_steps
+    bsz = t.train_batch_size(accelerator.device.type)
     per_update = world * accum  # global batches consumed by one optimizer update
     usable = (len(train_rows) // bsz) // per_update * per_update
     if usable == 0:
@@ -440,94 +467,98 @@ def pretrain(recipe: Recipe) -> Path:
     if resume_from is None:
         _log(accelerator, metrics, {"step": 0, "tokens": 0, "val_loss": first_val,
                                     "val_perplexity": math.exp(min(first_val, 50))})
-    last_val, running, nonfinite, lr = first_val, [], 0, 0.0
+    last_val, running, lr = first_val, [], 0.0
+    # Non-finite updates are counted on the device and read every `check_every` updates.
+    in_a_row = torch.zeros((), device=accelerator.device)
+    check_every = max(1, min(t.logging_steps, t.max_nonfinite_steps))
     clock = time.perf_counter() - progress.seconds
     last_save = time.perf_counter()
     done = progress.fraction(recipe) >= 1
+    collate = SeededCollate(collator)
+    sampler = RunBatches(len(train_rows), bsz, t.seed, progress.epoch, progress.batch_in_epoch,
+                         accelerator.process_index, world, usable)
+    workers = t.loader_workers(accelerator.device.type)
+    loader = DataLoader(train_rows, batch_sampler=sampler, collate_fn=collate,
+                        num_workers=workers, pin_memory=accelerator.device.type == "cuda",
+                        prefetch_factor=4 if workers else None)
+    batches = iter(loader)
     with _StopSignal() as stop:
         while not done:
-            collator.set_epoch(progress.epoch)
-            sampler = EpochBatches(len(train_rows), bsz, t.seed, progress.epoch,
-                                   start=progress.batch_in_epoch, rank=accelerator.process_index,
-                                   world=world, usable=usable)
-            loader = DataLoader(train_rows, batch_sampler=sampler, collate_fn=SeededCollate(collator),
-                                num_workers=t.dataloader_num_workers)
-            for batch in loader:
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                with accelerator.accumulate(objective):
-                    with accelerator.autocast():
-                        loss = objective(**batch)
-                    accelerator.backward(loss)  # every rank, so DDP's all-reduce never waits
-                    finite = True
-                    if accelerator.sync_gradients:
-                        lr = t.learning_rate * lr_factor(progress.fraction(recipe), t.warmup_ratio,
-                                                         t.lr_scheduler_type)
-                        for group in optimizer.param_groups:
-                            group["lr"] = lr
-                        norm = accelerator.clip_grad_norm_(objective.parameters(), t.max_grad_norm)
-                        finite = bool(torch.isfinite(norm))  # same on every rank after all-reduce
-                        if finite:
-                            optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                running.append(loss.detach().float())
-                if not accelerator.sync_gradients:
-                    continue
-                progress.step += 1
-                progress.batch_in_epoch += per_update
-                progress.tokens += tokens_per_update
-                progress.seconds = time.perf_counter() - clock
-                if not finite:
-                    nonfinite += 1
-                    progress.nonfinite_total += 1
-                    if nonfinite >= t.max_nonfinite_steps:
-                        raise UserError(
-                            f"training stopped: {nonfinite} non-finite losses in a row at step "
-                            f"{progress.step}; the last good checkpoint is kept. Lower "
-                            "--learning_rate or use --mixed_precision no")
-                else:
-                    nonfinite = 0
-                frac = _agreed_fraction(progress.fraction(recipe), accelerator)
-                if m.mlm_probability_end is not None:
-                    collator.set_mlm_probability(
-                        m.mlm_probability + (m.mlm_probability_end - m.mlm_probability) * frac)
-                if progress.step % t.logging_steps == 0 or frac >= 1:
-                    finite_losses = [x for x in running if torch.isfinite(x)]
-                    mean = torch.stack(finite_losses).mean() if finite_losses else torch.tensor(
-                        float("nan"))
-                    train_loss = accelerator.reduce(mean.to(accelerator.device), "mean").item()
-                    running = []
-                    tps = progress.tokens / max(progress.seconds, 1e-9)
-                    _log(accelerator, metrics, {"step": progress.step, "tokens": progress.tokens,
-                                                "train_loss": train_loss, "lr": lr,
-                                                "elapsed_s": round(progress.seconds, 2)})
-                    bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+            batch = {k: v.to(accelerator.device, non_blocking=True)
+                     for k, v in next(batches).items()}
+            with accelerator.accumulate(objective):
+                with accelerator.autocast():
+                    loss = objective(**batch)
+                accelerator.backward(loss)  # every rank, so DDP's all-reduce never waits
+                if accelerator.sync_gradients:
+                    lr = t.learning_rate * lr_factor(progress.fraction(recipe), t.warmup_ratio,
+                                                     t.lr_scheduler_type)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    norm = accelerator.clip_grad_norm_(objective.parameters(), t.max_grad_norm)
+                    bad = (~torch.isfinite(norm)).float()  # same on every rank after all-reduce
+                    in_a_row = (in_a_row + 1) * bad
+                    if fused:
+                        optimizer.optimizer.found_inf = bad  # the fused step skips, on device
+                        optimizer.step()
+                    elif not bad.item():
+                        optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running.append(loss.detach().float())
+            if not accelerator.sync_gradients:
+                continue
+            progress.step += 1
+            progress.batch_in_epoch += per_update
+            progress.tokens += tokens_per_update
+            progress.seconds = time.perf_counter() - clock
+            if progress.batch_in_epoch >= usable:
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+            checking = progress.step % check_every == 0
+            if checking and in_a_row.item() >= t.max_nonfinite_steps:
+                raise UserError(
+                    f"training stopped: {int(in_a_row.item())} non-finite losses in a row at step "
+                    f"{progress.step}; the last good checkpoint is kept. Lower "
+                    "--learning_rate or use --mixed_precision no")
+            # Ranks agree on the end (time budgets) and on a signal at check points only.
+            frac, stopping = progress.fraction(recipe), stop.received is not None
+            if world > 1 and checking:
+                frac, stopping = _agreed(frac, stopping, accelerator)
+            elif world > 1:  # a clock differs between ranks: a time budget ends at a check
+                stopping = False
+                frac = min(frac, 1 - 1e-9) if t.max_minutes else frac
+            if m.mlm_probability_end is not None:
+                collate.rate[0] = m.mlm_probability + (m.mlm_probability_end - m.mlm_probability) * frac
+            if progress.step % t.logging_steps == 0 or frac >= 1:
+                finite_losses = [x for x in running if torch.isfinite(x)]
+                mean = torch.stack(finite_losses).mean() if finite_losses else torch.tensor(
+                    float("nan"))
+                train_loss = accelerator.reduce(mean.to(accelerator.device), "mean").item()
+                running = []
+                tps = progress.tokens / max(progress.seconds, 1e-9)
+                _log(accelerator, metrics, {"step": progress.step, "tokens": progress.tokens,
+                                            "train_loss": train_loss, "lr": lr,
+                                            "elapsed_s": round(progress.seconds, 2)})
+                bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
                 bar.n = min(100.0, 100 * frac)
                 bar.refresh()
-                pause = time.perf_counter()
-                if progress.step % t.eval_steps == 0 or frac >= 1:
-                    last_val = evaluate(objective, val_batches, accelerator)
-                    _log(accelerator, metrics, {"step": progress.step, "tokens": progress.tokens,
-                                                "val_loss": last_val,
-                                                "val_perplexity": math.exp(min(last_val, 50))})
-                if progress.batch_in_epoch >= usable:
-                    progress.epoch += 1
-                    progress.batch_in_epoch = 0
-                want_save = (t.save_steps and progress.step % t.save_steps == 0) or (
-                    t.save_minutes and time.perf_counter() - last_save > 60 * t.save_minutes)
-                stopping = _agreed_flag(stop.received is not None, accelerator)
-                if want_save or stopping:
-                    save_checkpoint(recipe, accelerator, objective, tokenizer, progress, {})
-                    last_save = time.perf_counter()
-                clock += time.perf_counter() - pause  # validation and saving are not training
-                if stopping:
-                    bar.close()
-                    raise UserError(f"stopped by signal at step {progress.step}; checkpoint saved, "
-                                    "continue with --resume")
-                if frac >= 1:
-                    done = True
-                    break
-                if progress.batch_in_epoch == 0:
-                    break  # next epoch: a new permutation
+            pause = time.perf_counter()
+            if progress.step % t.eval_steps == 0 or frac >= 1:
+                last_val = evaluate(objective, val_batches, accelerator)
+                _log(accelerator, metrics, {"step": progress.step, "tokens": progress.tokens,
+                                            "val_loss": last_val,
+                                            "val_perplexity": math.exp(min(last_val, 50))})
+            want_save = (t.save_steps and progress.step % t.save_steps == 0) or (
+                t.save_minutes and time.perf_counter() - last_save > 60 * t.save_minutes)
+            if want_save or stopping:
+                save_checkpoint(recipe, accelerator, objective, tokenizer, progress, {})
+                last_save = time.perf_counter()
+            clock += time.perf_counter() - pause  # validation and saving are not training
+            if stopping:
+                bar.close()
+                raise UserError(f"stopped by signal at step {progress.step}; checkpoint saved, "
+                                "continue with --resume")
+            done = frac >= 1
     bar.close()
     if metrics:
         metrics.close()
@@ -560,12 +591,12 @@ def fixed_validation_batches(recipe: Recipe, tokenizer, val_blocks: Dataset,
     return batches
 
 
-def _agreed_flag(flag: bool, accelerator: Accelerator) -> bool:
-    """True if any process raised the flag."""
-    if accelerator.num_processes == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.gather(value).max().item() > 0)
+def _agreed(frac: float, flag: bool, accelerator: Accelerator) -> tuple[float, bool]:
+    """One collective: the largest progress of all ranks (every process must stop at the same
+    step), and whether any process received a stop signal."""
+    value = torch.tensor([frac, 1.0 if flag else 0.0], device=accelerator.device)
+    top = accelerator.gather(value.unsqueeze(0)).max(dim=0).values.tolist()
+    return top[0], top[1] > 0
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -574,14 +605,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     rows = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= step]
     path.write_text("".join(r + "\n" for r in rows))
-
-
-def _agreed_fraction(frac: float, accelerator: Accelerator) -> float:
-    """Every process must stop at the same step: take the largest progress of all ranks."""
-    if accelerator.num_processes == 1:
-        return frac
-    value = torch.tensor([frac], device=accelerator.device)
-    return accelerator.gather(value).max().item()
 
 
 def _log(accelerator: Accelerator, fh, row: dict) -> None:
@@ -613,6 +636,7 @@ def _finish(recipe, accelerator, model, tokenizer, progress, first_val, last_val
         "num_parameters": count_parameters(unwrapped),
         "vocab_size": len(tokenizer),
         "max_seq_length": seq,
+        "per_device_train_batch_size": recipe.training.train_batch_size(accelerator.device.type),
         "tokens_seen": progress.tokens,
         "steps": progress.step,
         "train_runtime_s": round(progress.seconds, 1),

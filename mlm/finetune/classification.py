@@ -19,7 +19,7 @@ import torch
 
 from mlm.finetune.config import TrainConfig
 from mlm.finetune.data import TaskData, TextExample
-from mlm.finetune.engine import fit, load_model, predict_logits
+from mlm.finetune.engine import device_of, fit, load_model, predict_logits
 from mlm.finetune.metrics import classification_scores
 
 
@@ -112,7 +112,7 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
     if cfg.class_weights and not data.multi_label:
         counts = Counter(f["labels"] for f in train)
         weights = torch.tensor([len(train) / (len(counts) * counts[i]) if counts[i] else 0.0
-                                for i in range(len(data.label_names))])
+                                for i in range(len(data.label_names))], device=device_of(model))
         loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
     result = fit(model, train, lambda: score(val)[0], metric, cfg, seed, pad, loss_fn)
     test_scores, preds = score(test)

@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     from mlm.report import finetune_tables, winners
 
     results = finetune(cfg)
+    from mlm.finetune.engine import run_state
+
+    if not run_state().is_main_process:  # under `accelerate launch`: one process reports
+        return 0
     urls = push_finetuned(cfg, results) if cfg.hub.push_to_hub else []
     for t in results["tasks"]:
         print(f"\n{t['name']} ({t['task']}; test {t['splits']['sizes']['test']}; "

@@ -135,7 +135,8 @@ class RunConfig:
     """Fine-tuned encoder folders to keep: best = one per (task, model), the seed with the best
     validation score at the largest train size; all = every run."""
     torch_threads: int | None = None
-    """torch intra-op threads (default: torch's choice)."""
+    """torch intra-op threads (default: the CPUs this process may use, by affinity and cgroup
+    quota, shared among the processes of an `accelerate launch` on CPU)."""
     quiet: bool = False
     """Print only the final tables."""
 

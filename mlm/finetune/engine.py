@@ -61,10 +61,25 @@ def load_tokenizer(path: Path):
         raise UserError(f"{path}: cannot load its tokenizer ({exc})") from None
 
 
+def run_state():
+    """Accelerate's view of this process: its device (`cuda:<local rank>` under `accelerate
+    launch` on GPUs, the GPU or MPS when there is one, else the CPU), rank and process count.
+    Without an accelerator it joins the launcher's gloo group (MULTI_CPU) as pretraining does."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
+
+
+def run_device() -> torch.device:
+    """The device this process fine-tunes on."""
+    return run_state().device
+
+
 def load_model(spec: str, first_folder: Path, task: str, label_names: list[str], seed: int,
-               cfg: TrainConfig, multi_label: bool = False):
+               cfg: TrainConfig, multi_label: bool = False, device: torch.device | None = None):
     """A classification model with a fresh head: from `spec`'s weights, or (random-init) from the
-    configuration of `first_folder` with every weight initialised from `seed`."""
+    configuration of `first_folder` with every weight initialised from `seed`; placed on
+    `device` (default: `run_device()`), where fit and predict_logits then run."""
     folder = first_folder if spec == RANDOM_INIT else check_model_folder(spec)
     auto = AutoModelForTokenClassification if task == "ner" else AutoModelForSequenceClassification
     extra = {"problem_type": "multi_label_classification"} if multi_label else {}
@@ -92,7 +107,7 @@ def load_model(spec: str, first_folder: Path, task: str, label_names: list[str],
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    return model, load_tokenizer(folder)
+    return model.to(device if device is not None else run_device()), load_tokenizer(folder)
 
 
 def pad_batch(features: list[dict], pad_id: int) -> dict:
@@ -123,9 +138,9 @@ def pad_batch(features: list[dict], pad_id: int) -> dict:
     return batch
 
 
-def autocast(precision: str):
-    return torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16,
-                          enabled=precision == "bf16")
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast on the device the model and its batches are on (none for "no")."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def device_of(model) -> torch.device:
@@ -143,8 +158,9 @@ def predict_logits(model, features: list[dict], batch_size: int, pad_id: int,
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size]
         batch = pad_batch([{k: v for k, v in features[i].items() if k != "labels"} for i in idx], pad_id)
-        with autocast(precision):
-            logits = model(**{k: v.to(dev) for k, v in batch.items()}).logits.float().cpu()
+        with autocast(precision, dev):
+            logits = model(**{k: v.to(dev, non_blocking=True) for k, v in batch.items()})
+        logits = logits.logits.float().cpu()
         for j, i in enumerate(idx):
             out[i] = logits[j, : len(features[i]["input_ids"])] if logits.dim() == 3 else logits[j]
     return out
@@ -183,8 +199,8 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
             if step >= total:
                 break
             batch = pad_batch([features[i] for i in perm[start: start + bs]], pad_id)
-            batch = {k: v.to(dev) for k, v in batch.items()}
-            with autocast(cfg.mixed_precision):
+            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            with autocast(cfg.mixed_precision, dev):
                 if loss_fn is None:
                     loss = model(**batch).loss
                 else:
@@ -195,11 +211,12 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(loss.detach())  # read once per epoch: no host sync per step
             step += 1
         res.epochs += 1
         scores = evaluate()
-        res.history.append({"epoch": res.epochs, "train_loss": sum(losses) / max(1, len(losses)),
+        train_loss = torch.stack(losses).float().mean().item() if losses else 0.0
+        res.history.append({"epoch": res.epochs, "train_loss": train_loss,
                             **{f"val_{k}": v for k, v in scores.items()}})
         better = scores[metric] > res.best_score or (
             scores[metric] == res.best_score and scores["loss"] < res.best_loss)

@@ -22,11 +22,12 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from mlm.config import to_dict
+from mlm.cpus import set_torch_threads
 from mlm.errors import UserError
 from mlm.finetune import baselines, classification, ner
 from mlm.finetune.config import FinetuneConfig, TaskConfig
 from mlm.finetune.data import TaskData, load_task, stratified_order
-from mlm.finetune.engine import RANDOM_INIT, TFIDF, check_model_folder
+from mlm.finetune.engine import RANDOM_INIT, TFIDF, check_model_folder, device_of, run_state
 from mlm.finetune.metrics import CLASSIFICATION_METRICS, NER_METRICS
 
 
@@ -112,32 +113,43 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
     strat = kind == "classification" and not data.multi_label
     log(f"[{task.name}] {kind}: train pool {len(data.train)}, validation {len(data.validation)}, "
         f"test {len(data.test)}; sizes {sizes}; seeds {seeds}; models {', '.join(models)}")
-    runs, best_val, cache = [], {}, {}
+    # Under `accelerate launch` the runs are shared out: process r of W takes runs r, r+W, ...
+    # (each a whole small run on its own device), and the rows are gathered in order after.
+    state = run_state()
+    rank, world = state.process_index, state.num_processes
+    jobs = [(seed, size, spec) for seed in seeds for size in sizes for spec in models]
     task_dir = out_dir / "models" / _slug(task.name)
-    for seed in seeds:
-        order = stratified_order([ex.labels[0] if strat else "" for ex in data.train], seed) if strat \
-            else random.Random(seed).sample(range(len(data.train)), len(data.train))
-        for size in sizes:
-            subset = [data.train[i] for i in order[:size]]
-            for spec in models:
-                t0 = time.time()
-                if spec == TFIDF:
-                    out = baselines.run_classification(subset, data, seed, metric, cache) if kind == "classification" \
-                        else baselines.run_ner(subset, data, seed, metric, task.training.seqeval_strict)
-                    extra = {"hyperparameters": out["hyperparameters"]}
-                else:
-                    mod = classification if kind == "classification" else ner
-                    out = mod.run(spec, first, subset, data, seed, task.training, metric)
-                    extra = {"best_epoch": out["fit"].best_epoch, "epochs": out["fit"].epochs,
-                             "history": out["fit"].history}
-                row = {"model": model_label(spec), "train_size": size, "seed": seed,
-                       "validation": out["validation"], "test": out["test"],
-                       "seconds": round(time.time() - t0, 2), **extra}
-                runs.append(row)
-                log(f"  {model_label(spec):<24} n={size:<5} seed={seed}  test {metric}="
-                    f"{out['test'][metric]:.4f}  (val {out['validation'][metric]:.4f}, {row['seconds']:.0f}s)")
-                _maybe_save(cfg.run.save_models, out, spec, size, sizes[-1], seed, metric, task_dir, best_val)
-                out.clear()
+    stage_dir = task_dir if world == 1 else task_dir / f".rank{rank}"
+    runs, best_val, cache, orders = [], {}, {}, {}
+    for index in range(rank, len(jobs), world):
+        seed, size, spec = jobs[index]
+        if seed not in orders:
+            orders[seed] = stratified_order([ex.labels[0] if strat else "" for ex in data.train], seed) \
+                if strat else random.Random(seed).sample(range(len(data.train)), len(data.train))
+        subset = [data.train[i] for i in orders[seed][:size]]
+        t0 = time.time()
+        if spec == TFIDF:
+            out = baselines.run_classification(subset, data, seed, metric, cache) if kind == "classification" \
+                else baselines.run_ner(subset, data, seed, metric, task.training.seqeval_strict)
+            extra = {"hyperparameters": out["hyperparameters"], "device": "cpu"}
+        else:
+            mod = classification if kind == "classification" else ner
+            out = mod.run(spec, first, subset, data, seed, task.training, metric)
+            extra = {"best_epoch": out["fit"].best_epoch, "epochs": out["fit"].epochs,
+                     "history": out["fit"].history, "device": str(device_of(out["model"]))}
+        row = {"model": model_label(spec), "train_size": size, "seed": seed,
+               "validation": out["validation"], "test": out["test"],
+               "seconds": round(time.time() - t0, 2), **extra}
+        runs.append((index, row))
+        where = f" [process {rank}]" if world > 1 else ""
+        log(f"  {model_label(spec):<24} n={size:<5} seed={seed}  test {metric}="
+            f"{out['test'][metric]:.4f}  (val {out['validation'][metric]:.4f}, {row['seconds']:.0f}s)"
+            f"{where}")
+        _maybe_save(cfg.run.save_models, out, spec, size, sizes[-1], seed, metric, stage_dir, best_val)
+        out.clear()
+    if world > 1:
+        runs, best_val = _gather_runs(runs, best_val, task_dir, state)
+    runs = [row for _, row in sorted(runs, key=lambda x: x[0])]
     summary: dict = {}
     for row in runs:
         per = summary.setdefault(row["model"], {}).setdefault(str(row["train_size"]), {})
@@ -149,6 +161,36 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
             "label_names": data.label_names, "sizes": sizes, "seeds": seeds, "splits": data.splits,
             "notes": data.notes, "config": to_dict(task), "runs": runs, "summary": summary,
             "saved_models": {k: str(v[1]) for k, v in best_val.items()}}
+
+
+def _gather_runs(runs: list, best_val: dict, task_dir: Path, state) -> tuple[list, dict]:
+    """Every process's rows, on every process; the best saved model of each spec (by validation
+    score) is moved from its process's staging folder into `task_dir`, the others removed."""
+    from accelerate.utils import gather_object
+
+    runs = gather_object(runs)
+    bests = gather_object([best_val])
+    merged: dict = {}
+    for per_rank in bests:
+        for spec, (score, folder) in per_rank.items():
+            if spec not in merged or score > merged[spec][0]:
+                merged[spec] = (score, folder)
+    if state.is_main_process:
+        for spec, (score, folder) in merged.items():
+            final = task_dir / _slug(spec)
+            shutil.rmtree(final, ignore_errors=True)
+            Path(folder).rename(final)
+            merged[spec] = (score, final)
+        for stage in task_dir.glob(".rank*"):
+            if not merged:  # save_models "all": every run keeps its folder
+                for run_dir in stage.glob("*/*"):
+                    target = task_dir / run_dir.parent.name / run_dir.name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.rmtree(target, ignore_errors=True)
+                    run_dir.rename(target)
+            shutil.rmtree(stage, ignore_errors=True)
+    state.wait_for_everyone()
+    return runs, merged
 
 
 def _maybe_save(mode: str, out: dict, spec: str, size: int, largest: int, seed: int, metric: str,
@@ -171,7 +213,13 @@ def _maybe_save(mode: str, out: dict, spec: str, size: int, largest: int, seed: 
     folder.mkdir(parents=True)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar per save
-    out["model"].save_pretrained(str(folder))
+    if run_state().process_index == 0:
+        out["model"].save_pretrained(str(folder))
+    else:  # save_pretrained writes no weights on a rank other than 0 once torch.distributed is up
+        from safetensors.torch import save_model
+
+        out["model"].config.save_pretrained(str(folder))
+        save_model(out["model"], str(folder / "model.safetensors"), metadata={"format": "pt"})
     out["tokenizer"].save_pretrained(str(folder))
     if bars:
         hf_logging.enable_progress_bar()
@@ -194,8 +242,7 @@ def finetune(config: FinetuneConfig) -> dict:
 
     if not config.tasks:
         raise UserError("no task: give --train_file or --suite")
-    if config.run.torch_threads:
-        torch.set_num_threads(config.run.torch_threads)
+    set_torch_threads(config.run.torch_threads)
     log = (lambda *_: None) if config.run.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     check_models(config.models)
     out_dir = Path(config.run.output_dir) if config.run.output_dir else default_output_dir(config.models)
@@ -207,16 +254,20 @@ def finetune(config: FinetuneConfig) -> dict:
         raise UserError("two tasks share a name; give each task of the suite its own name")
     results = {"name": config.name, "models": [model_label(m) for m in config.models], "tasks": [],
                "torch_threads": torch.get_num_threads()}
+    main = run_state().is_main_process  # every process has every row; one writes them
     for task in config.tasks:
         section = run_task(task, config.models, out_dir, config, log)
         png = out_dir / f"learning_curve_{_slug(task.name)}.png"
-        plot_learning_curves(section, png)
+        if main:
+            plot_learning_curves(section, png)
         section["learning_curve"] = png.name
         results["tasks"].append(section)
     results["average"] = average_row(results)
     results["seconds"] = round(time.time() - t0, 1)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    (out_dir / "report.md").write_text(finetune_report(results))
+    results["processes"] = run_state().num_processes
+    if main:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+        (out_dir / "report.md").write_text(finetune_report(results))
     results["output_dir"] = str(out_dir)
     return results
 
