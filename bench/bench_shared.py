@@ -3,9 +3,10 @@
 The demo recipe (ModernBERT mini, batch 8, bf16) for a fixed number of steps, each run a separate
 `train_mlm.py` process on the same cached corpus, tokenizer and blocks: first alone, then two
 started together. The target is >= 0.4x alone for each (a fair share of the cores is 0.5x).
-`--wait_policy active` runs the same with OpenMP threads that spin while idle (the old default).
+`--wait_policy active|passive` overrides mlm's default (a short spin, GOMP_SPINCOUNT, then sleep)
+with OpenMP threads that spin while idle, or that sleep at once.
 
-    python bench/bench_shared.py [--steps 300] [--wait_policy passive|active]
+    python bench/bench_shared.py [--steps 300] [--wait_policy default|passive|active]
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from demo_recipe import demo_recipe  # noqa: E402
 
 
 def start(recipe: Path, policy: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_WAIT_POLICY": policy.upper(), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if policy != "default":
+        env["OMP_WAIT_POLICY"] = policy.upper()
     return subprocess.Popen([sys.executable, str(ROOT / "train_mlm.py"), "--recipe", str(recipe)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -39,7 +42,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--wait_policy", choices=["passive", "active"], default="passive")
+    parser.add_argument("--wait_policy", choices=["default", "passive", "active"],
+                        default="default")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -50,7 +54,9 @@ def main() -> None:
         alone = rate(start(recipes[0], args.wait_policy), tmp / "alone")
         procs = [start(r, args.wait_policy) for r in recipes[1:]]
         both = [rate(p, tmp / name) for p, name in zip(procs, ("a", "b"))]
-    print(f"\n{os.cpu_count()} CPUs, OMP_WAIT_POLICY={args.wait_policy.upper()}, demo recipe, "
+    policy = args.wait_policy if args.wait_policy != "default" else \
+        f"unset, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', '10000 (mlm default)')}"
+    print(f"\n{os.cpu_count()} CPUs, OMP_WAIT_POLICY {policy}, demo recipe, "
           f"{args.steps} steps")
     print(f"  alone:           {alone:10,.0f} tokens/s")
     for name, value in zip(("a", "b"), both):

@@ -4,7 +4,8 @@ torch sizes its intra-op pool from the machine's cores, not from the CPU affinit
 cgroup quota a container or a scheduler gives the process; and its OpenMP threads spin while
 they wait. Two runs on one 2-core machine then fight for the cores and both collapse (pretraining
 was measured at 1/50 of its speed alone). Here the pool is sized from what the process may use,
-and idle threads sleep (OMP_WAIT_POLICY=PASSIVE, set in `mlm/__init__.py` before torch loads).
+and idle threads sleep after a short spin (GOMP_SPINCOUNT, set in `mlm/__init__.py` before torch
+loads its OpenMP runtime).
 """
 from __future__ import annotations
 

@@ -1,0 +1,54 @@
+"""Threads sized from the CPUs a process may use (affinity, cgroup quota, launcher's share)."""
+import os
+import subprocess
+import sys
+
+from mlm.cpus import available_cpus, cgroup_cpu_limit, default_threads
+from tests.conftest import REPO
+
+
+def test_cgroup_quota_v2_and_v1(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert cgroup_cpu_limit(tmp_path) == 0.5
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    assert cgroup_cpu_limit(tmp_path) is None
+    assert cgroup_cpu_limit(tmp_path / "missing") is None
+
+
+def test_threads_follow_affinity_and_the_launchers_share(monkeypatch):
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert default_threads() == max(1, available_cpus() // 2)
+    # A process pinned to one CPU (taskset) gets one thread, whatever the machine's core count.
+    res = subprocess.run(["taskset", "-c", "0", sys.executable, "-c",
+                          "from mlm.cpus import set_torch_threads; print(set_torch_threads(None))"],
+                         capture_output=True, text=True, cwd=REPO,
+                         env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "1"
+
+
+def test_importing_mlm_first_bounds_openmp_spinning():
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    res = subprocess.run([sys.executable, "-c", "import mlm, os; print(os.environ['GOMP_SPINCOUNT'])"],
+                         capture_output=True, text=True, cwd=REPO, env=env)
+    assert res.stdout.strip() == "10000"
+
+
+def test_two_launched_processes_split_the_cpus():
+    """Under a launcher that started 2 processes here, each takes half of the CPUs (torch alone
+    would give each all of them)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["LOCAL_WORLD_SIZE"] = "2"
+    res = subprocess.run([sys.executable, "-c",
+                          "from mlm.cpus import set_torch_threads; print(set_torch_threads(None))"],
+                         capture_output=True, text=True, cwd=REPO, env=env)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout) == max(1, available_cpus() // 2)
