@@ -460,10 +460,11 @@ def _training_section(summary: dict, config: dict, recipe: dict, rows: list[dict
         table.append(("masking", f"{summary['masking_strategy']}, "
                                  f"{100 * summary.get('mlm_probability', 0):g}% of tokens"))
     t = recipe.get("training") or {}
+    batch = summary.get("per_device_train_batch_size") or t.get("per_device_train_batch_size")
     if t:
         table.append(("optimisation", f"AdamW, peak learning rate {t.get('learning_rate')}, "
                                       f"{t.get('lr_scheduler_type')} schedule, warmup ratio "
-                                      f"{t.get('warmup_ratio')}, batch {t.get('per_device_train_batch_size')} "
+                                      f"{t.get('warmup_ratio')}, batch {batch} "
                                       f"per device x {t.get('gradient_accumulation_steps')} accumulation, "
                                       f"precision {t.get('mixed_precision')}, seed {t.get('seed')}"))
     table.append(("steps, tokens seen", f"{_n(summary.get('steps'))} updates, "

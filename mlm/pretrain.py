@@ -220,20 +220,39 @@ def evaluate(objective, batches: list[dict], accelerator: Accelerator) -> float:
 
     Loss sums and token counts are accumulated, never logits, so memory stays flat.
     """
-    # The unwrapped module: DDP's forward is a collective, and ranks may hold unequal counts
-    # of validation batches.
-    objective = accelerator.unwrap_model(objective)
+    # DDP: the unwrapped module (DDP's forward syncs buffers, and ranks may hold unequal counts
+    # of validation batches), each rank a share. Sharded (FSDP, DeepSpeed): every forward is a
+    # collective that gathers the parameters, so every rank runs the wrapped module on every batch.
+    sharded = _sharded(accelerator)
+    objective = objective if sharded else accelerator.unwrap_model(objective)
     objective.eval()
     total = torch.zeros(2, device=accelerator.device)
-    for batch in batches[accelerator.process_index::accelerator.num_processes]:
+    mine = batches if sharded else batches[accelerator.process_index::accelerator.num_processes]
+    for batch in mine:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             loss = objective(**batch)
         n = (batch["labels"] != -100).sum()
         total += torch.stack([loss.float() * n, n.float()])
-    total = accelerator.reduce(total, reduction="sum")
+    if not sharded:
+        total = accelerator.reduce(total, reduction="sum")
     objective.train()
     return (total[0] / total[1].clamp(min=1)).item()
+
+
+def _sharded(accelerator: Accelerator) -> bool:
+    """Parameters sharded across processes (FSDP, DeepSpeed): forwards and state dicts are
+    collectives."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def model_state_dict(accelerator: Accelerator, objective) -> dict:
+    """The full state dict of the inner `*ForMaskedLM`, through Accelerate (gathered from the
+    shards under FSDP/DeepSpeed). Every process must call it; only the main one gets tensors."""
+    state = accelerator.get_state_dict(objective)
+    return {k[len("model."):]: v for k, v in (state or {}).items() if k.startswith("model.")}
 
 
 def device_peak_flops(device: torch.device, mixed_precision: str) -> float | None:
@@ -312,8 +331,10 @@ def save_checkpoint(recipe, accelerator, objective, tokenizer, progress: Progres
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / "training_state"))
+    state = model_state_dict(accelerator, objective)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(objective).model.save_pretrained(str(tmp), safe_serialization=True)
+        accelerator.unwrap_model(objective).model.save_pretrained(
+            str(tmp), state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         state = {"progress": asdict(progress), **sampler_state}
         (tmp / "training_state" / "recipe.json").write_text(json.dumps(recipe_record(recipe),
@@ -433,7 +454,8 @@ def pretrain(recipe: Recipe) -> Path:
     if t.torch_compile:  # in place: parameter names (checkpoints) are unchanged
         objective.compile()
     # Fused AdamW skips an update on the device when `found_inf` is set: no host sync per step.
-    fused = accelerator.device.type in ("cuda", "cpu") and accelerator.scaler is None
+    fused = accelerator.device.type in ("cuda", "cpu") and accelerator.scaler is None \
+        and not _sharded(accelerator)
     optimizer = torch.optim.AdamW(param_groups(objective, t.weight_decay), lr=t.learning_rate,
                                   betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
     objective, optimizer = accelerator.prepare(objective, optimizer)
@@ -496,6 +518,8 @@ def pretrain(recipe: Recipe) -> Path:
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     norm = accelerator.clip_grad_norm_(objective.parameters(), t.max_grad_norm)
+                    if norm is None:  # DeepSpeed clips (and skips) inside its own step
+                        norm = torch.zeros((), device=accelerator.device)
                     bad = (~torch.isfinite(norm)).float()  # same on every rank after all-reduce
                     in_a_row = (in_a_row + 1) * bad
                     if fused:
@@ -562,9 +586,10 @@ def pretrain(recipe: Recipe) -> Path:
     bar.close()
     if metrics:
         metrics.close()
+    state = model_state_dict(accelerator, objective)  # a collective under FSDP/DeepSpeed
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(objective).model
-        _finish(recipe, accelerator, model, tokenizer, progress, first_val, last_val, stats)
+        _finish(recipe, accelerator, model, tokenizer, progress, first_val, last_val, stats, state)
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes trackers (and the process group): last
     return out
@@ -616,11 +641,12 @@ def _log(accelerator: Accelerator, fh, row: dict) -> None:
                     step=row["step"])
 
 
-def _finish(recipe, accelerator, model, tokenizer, progress, first_val, last_val, stats) -> None:
-    """Save the model folder, the loss curve and a summary; print the summary."""
+def _finish(recipe, accelerator, model, tokenizer, progress, first_val, last_val, stats,
+            state: dict) -> None:
+    """Save the model folder (from the full state dict), the loss curve and a summary."""
     out = Path(recipe.training.output_dir)
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(str(out), safe_serialization=True)
+    unwrapped.save_pretrained(str(out), state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png", title=f"{recipe.name}")
     seq = recipe.packing.max_seq_length
