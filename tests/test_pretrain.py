@@ -106,3 +106,31 @@ def test_continued_pretraining_from_minilm(tiny_recipe):
     assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
     emb = model.get_input_embeddings().weight
     assert model.get_output_embeddings().weight.data_ptr() == emb.data_ptr()
+
+
+def test_diverging_run_stops_on_device_counted_nonfinite_updates(tiny_recipe):
+    """Non-finite updates are skipped inside the fused AdamW step and counted on the device; the
+    run still stops after max_nonfinite_steps of them in a row."""
+    from mlm.errors import UserError
+    from mlm.pretrain import pretrain
+    from mlm.recipe import load_recipe
+
+    recipe = load_recipe(tiny_recipe(learning_rate=1e4, mixed_precision="no", max_steps=60,
+                                     logging_steps=1, max_nonfinite_steps=3, eval_steps=1000))
+    with pytest.raises(UserError, match="3 non-finite losses in a row"):
+        pretrain(recipe)
+
+
+def test_torch_compile_saves_a_standard_model(tiny_recipe, tmp_path):
+    from safetensors import safe_open
+    from transformers import pipeline
+
+    from mlm.pretrain import pretrain
+    from mlm.recipe import load_recipe
+
+    out = pretrain(load_recipe(tiny_recipe(torch_compile=True, max_steps=4, eval_steps=4,
+                                           mixed_precision="no")))
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "_orig_mod" in k]
+    fill = pipeline("fill-mask", model=str(out))
+    assert len(fill(f"the {fill.tokenizer.mask_token} said")) == 5
