@@ -186,8 +186,19 @@ class ModelConfig:
     classifier_pooling: Literal["cls", "mean"] = "mean"
     """ModernBERT only: the pooling its sequence-classification head will use when fine-tuned
     (saved in config.json; mean pooling suits encoders pretrained on a small budget)."""
+    attn_implementation: Literal["auto", "sdpa", "eager"] = "auto"
+    """Attention kernel while pretraining (the saved model is the same). auto: eager (plain
+    matmul + softmax) on CPU at max_seq_length <= 128, where torch's fused CPU attention is slow
+    to backpropagate (demo recipe: 1.3x the tokens/s, bench/RESULTS.md); SDPA
+    otherwise."""
     sparse_prediction: bool = True
     """Run the prediction head only on the selected tokens (the saved model is unchanged)."""
+
+    def attention_for(self, device_type: str, max_seq_length: int) -> str:
+        """The attention implementation `auto` stands for on this device and length."""
+        if self.attn_implementation != "auto":
+            return self.attn_implementation
+        return "eager" if device_type == "cpu" and max_seq_length <= 128 else "sdpa"
 
 
 @dataclass

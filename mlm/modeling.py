@@ -126,7 +126,9 @@ def flops_per_token(config, seq_len: int, head_fraction: float = 1.0) -> float:
     `head_fraction` of the tokens."""
     L, H = config.num_hidden_layers, config.hidden_size
     inter = getattr(config, "intermediate_size", 4 * H)
-    per_layer = 4 * H * H + 2 * H * inter
+    # ModernBERT's GeGLU projects to 2 x intermediate (value and gate) before the output layer.
+    mlp = (3 if config.model_type == "modernbert" else 2) * H * inter
+    per_layer = 4 * H * H + mlp
     head = H * H + H * config.vocab_size
     return 6.0 * (L * per_layer + head * head_fraction) + 12.0 * L * H * seq_len
 

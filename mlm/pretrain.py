@@ -267,14 +267,18 @@ def device_peak_flops(device: torch.device, mixed_precision: str) -> float | Non
     if device.type != "cpu":
         return None
     dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float32
-    a = torch.randn(1024, 1024, dtype=dtype)
-    b = torch.randn(1024, 1024, dtype=dtype)
+    size = 2048
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
     a @ b
-    start, n = time.perf_counter(), 0
-    while time.perf_counter() - start < 0.3:
-        a @ b
-        n += 1
-    return 2 * 1024**3 * n / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(3):  # the best of three short rounds: a busy moment lowers one, not all
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < 0.25:
+            a @ b
+            n += 1
+        best = max(best, 2 * size**3 * n / (time.perf_counter() - start))
+    return best
 
 
 @dataclass
@@ -438,6 +442,8 @@ def pretrain(recipe: Recipe) -> Path:
         resize_and_init_new_embeddings(model, base, tokenizer)
     else:
         model = build_model(recipe.model, tokenizer, recipe.packing.max_seq_length)
+    model.set_attn_implementation(
+        recipe.model.attention_for(accelerator.device.type, recipe.packing.max_seq_length))
     objective = MaskedLMObjective(model, sparse=recipe.model.sparse_prediction)
     m = recipe.masking
     sparse = recipe.model.sparse_prediction
