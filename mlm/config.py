@@ -19,6 +19,48 @@ import yaml
 from mlm.errors import UserError
 
 
+def bounded(default: Any, lo: float | None = None, hi: float | None = None, *,
+            above: bool = False, below: bool = False) -> Any:
+    """A field whose value, when set, must lie between `lo` and `hi` (strictly with `above` /
+    `below`); `check_ranges` enforces it before any work starts."""
+    return field(default=default, metadata={"range": (lo, hi, above, below)})
+
+
+def allowed_range(rng: tuple) -> str:
+    """`(0, 1]`-style text of a field's range."""
+    lo, hi, above, below = rng
+    if hi is None:
+        return f"{'>' if above else '>='} {lo:g}"
+    return f"{'(' if above else '['}{lo:g}, {hi:g}{')' if below else ']'}"
+
+
+def check_ranges(obj: Any, where: str = "") -> None:
+    """Refuse any number outside its field's range, or not finite, naming the setting, its flag
+    and the allowed range; walks nested sections and lists of them."""
+    import math
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        here = f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, here)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    check_ranges(item, f"{here}[{i}]")
+        rng = f.metadata.get("range")
+        if rng is None or value is None or isinstance(value, bool) or \
+                not isinstance(value, (int, float)):
+            continue
+        lo, hi, above, below = rng
+        inside = math.isfinite(value) and \
+            (lo is None or (value > lo if above else value >= lo)) and \
+            (hi is None or (value < hi if below else value <= hi))
+        if not inside:
+            flag = "" if "[" in here and not here.startswith("tasks[") else f" (--{f.name})"
+            raise UserError(f"{here}{flag} = {value:g}: allowed {allowed_range(rng)}")
+
+
 @dataclass
 class SourceConfig:
     path: str
@@ -40,7 +82,7 @@ class SourceConfig:
     """Invalid bytes: replace them, skip the file (counted), or fail naming the file and line."""
     on_error: Literal["fail", "skip"] = "fail"
     """A malformed record (bad JSON line, missing field): fail naming file:line, or skip and count."""
-    weight: float = 1.0
+    weight: float = bounded(1.0, 0, None, above=True)
     """Sampling weight: 2.0 puts every training document in twice, 0.5 keeps a (deterministic)
     half; fractional parts are decided by a hash of the document."""
 
@@ -49,9 +91,9 @@ class SourceConfig:
 class CleanConfig:
     normalization: Literal["NFC", "NFKC", "none"] = "NFC"
     """Unicode normalisation applied to every document."""
-    min_chars: int = 20
+    min_chars: int = bounded(20, 0, None)
     """Documents shorter than this (after cleaning) are dropped."""
-    max_chars: int | None = None
+    max_chars: int | None = bounded(None, 1, None)
     """Documents longer than this are dropped (None: no limit)."""
     strip_markup: bool = True
     """Reduce Markdown, reStructuredText and HTML sources to their plain text."""
@@ -59,16 +101,16 @@ class CleanConfig:
     """Remove control and invisible format characters (tabs and newlines stay)."""
     normalize_whitespace: bool = True
     """Collapse runs of spaces, trim lines, and keep at most one blank line between paragraphs."""
-    max_non_alpha_fraction: float | None = 0.5
+    max_non_alpha_fraction: float | None = bounded(0.5, 0, 1)
     """Drop documents where more than this share of the non-space characters are not letters
     (tables, logs, number dumps); None: keep all."""
-    corpus_num_proc: int = 1
+    corpus_num_proc: int = bounded(1, 1, None)
     """Worker processes that read, clean and scrub files (files are split between them)."""
 
 
 @dataclass
 class SplitConfig:
-    validation_fraction: float = 0.05
+    validation_fraction: float = bounded(0.05, 0, 0.5, above=True)
     """Share of documents held out for validation loss, assigned by a hash of the text."""
     split_seed: int = 0
     """Salt of the hash that assigns documents to train or validation."""
@@ -91,11 +133,11 @@ class DedupConfig:
     """Drop documents whose normalised text (case and whitespace folded) was seen before."""
     dedup_near: bool = True
     """Drop near-duplicates: MinHash over word n-grams, candidates found by LSH."""
-    dedup_threshold: float = 0.8
+    dedup_threshold: float = bounded(0.8, 0, 1, above=True)
     """Estimated Jaccard similarity of word n-grams at which two documents are near-duplicates."""
-    minhash_num_perm: int = 128
+    minhash_num_perm: int = bounded(128, 2, None)
     """MinHash permutations (more: a finer similarity estimate, more memory per document)."""
-    minhash_ngram: int = 5
+    minhash_ngram: int = bounded(5, 1, None)
     """Words per shingle of the MinHash signature."""
     keep_duplicates: bool = False
     """Keep duplicates instead of dropping them; each still lands on its original's split side."""
@@ -107,29 +149,29 @@ class TokenizerConfig:
     """Algorithm of a newly trained tokenizer."""
     tokenizer_name_or_path: str | None = None
     """Reuse an existing tokenizer folder instead of training one."""
-    vocab_size: int = 16000
+    vocab_size: int = bounded(16000, 32, None)
     """Vocabulary size of a newly trained tokenizer."""
-    min_frequency: int = 2
+    min_frequency: int = bounded(2, 1, None)
     """Minimum count of a merge/piece to enter the vocabulary."""
     lowercase: bool = True
     """Lowercase (and strip accents) before tokenizing."""
     strip_accents: bool | None = None
     """Strip accents before tokenizing (None: do it when lowercase is on, as BERT uncased)."""
-    max_train_documents: int | None = None
+    max_train_documents: int | None = bounded(None, 1, None)
     """Train the tokenizer on at most this many documents, a seeded random sample of the train
     split streamed from disk (None: all); bounds the trainer's memory on a large corpus."""
-    max_train_bytes: int | None = None
+    max_train_bytes: int | None = bounded(None, 1, None)
     """Train the tokenizer on at most this many bytes of UTF-8 text, sampled as above (None: all)."""
-    extend_vocab_words: int = 0
+    extend_vocab_words: int = bounded(0, 0, None)
     """With tokenizer_name_or_path: add this many frequent corpus words that the tokenizer splits
     into the most pieces; their new embedding rows start as the mean of their old pieces' rows."""
 
 
 @dataclass
 class PackingConfig:
-    max_seq_length: int = 128
+    max_seq_length: int = bounded(128, 8, None)
     """Tokens per training block, [CLS] and [SEP] included."""
-    num_proc: int = 1
+    num_proc: int = bounded(1, 1, None)
     """Worker processes for tokenization. 1 (one process, the Rust tokenizer on all its threads)
     was the fastest in bench/bench_packing.py: 1.00x a bare encode, vs 0.72x for 2 workers."""
     respect_document_boundaries: bool = False
@@ -144,20 +186,20 @@ class PackingConfig:
 class MaskingConfig:
     masking_strategy: Literal["token", "whole_word", "span"] = "whole_word"
     """Which units are masked together: single tokens, whole words, or spans of words."""
-    mlm_probability: float = 0.30
+    mlm_probability: float = bounded(0.30, 0, 1, above=True)
     """Share of tokens selected for prediction during training."""
-    mlm_probability_end: float | None = None
+    mlm_probability_end: float | None = bounded(None, 0, 1, above=True)
     """If set, the masking rate moves linearly from mlm_probability to this by the end."""
-    eval_mlm_probability: float = 0.15
+    eval_mlm_probability: float = bounded(0.15, 0, 1, above=True)
     """Masking rate of the fixed validation masks, so validation loss is comparable across runs."""
-    mask_replace_prob: float = 0.8
+    mask_replace_prob: float = bounded(0.8, 0, 1)
     """Of the selected tokens, share replaced by [MASK]."""
-    random_replace_prob: float = 0.1
+    random_replace_prob: float = bounded(0.1, 0, 1)
     """Of the selected tokens, share replaced by a random token (the rest stay unchanged)."""
-    span_geometric_p: float = 0.2
+    span_geometric_p: float = bounded(0.2, 0, 1, above=True)
     """Span masking: parameter p of the geometric distribution of span lengths in words
     (SpanBERT: 0.2)."""
-    span_max_words: int = 10
+    span_max_words: int = bounded(10, 1, None)
     """Span masking: longest span in words; the geometric is truncated here and renormalised
     (SpanBERT: 10, mean 3.8 words)."""
 
@@ -173,15 +215,15 @@ class ModelConfig:
     base 12x768 as layers x hidden)."""
     model_name_or_path: str | None = None
     """Continue pretraining from this local checkpoint instead of building from scratch."""
-    num_hidden_layers: int | None = None
+    num_hidden_layers: int | None = bounded(None, 1, None)
     """Override the preset's depth."""
-    hidden_size: int | None = None
+    hidden_size: int | None = bounded(None, 1, None)
     """Override the preset's width."""
-    num_attention_heads: int | None = None
+    num_attention_heads: int | None = bounded(None, 1, None)
     """Override the preset's number of attention heads."""
-    intermediate_size: int | None = None
+    intermediate_size: int | None = bounded(None, 1, None)
     """Override the preset's feed-forward width (default 4x hidden)."""
-    dropout: float = 0.0
+    dropout: float = bounded(0.0, 0, 1, below=True)
     """Hidden and attention dropout during pretraining (0: none, as in cramming/ModernBERT)."""
     classifier_pooling: Literal["cls", "mean"] = "mean"
     """ModernBERT only: the pooling its sequence-classification head will use when fine-tuned
@@ -205,57 +247,57 @@ class ModelConfig:
 class TrainingConfig:
     output_dir: str = "runs/demo"
     """Where the model, tokenizer, logs and checkpoints are written."""
-    learning_rate: float = 1e-3
+    learning_rate: float = bounded(1e-3, 0, None, above=True)
     """Peak learning rate of AdamW."""
-    weight_decay: float = 0.01
+    weight_decay: float = bounded(0.01, 0, None)
     """AdamW weight decay (not applied to biases and norms)."""
-    warmup_ratio: float = 0.06
+    warmup_ratio: float = bounded(0.06, 0, 1, below=True)
     """Share of the budget spent warming the learning rate up linearly."""
     lr_scheduler_type: Literal["linear", "cosine"] = "linear"
     """Decay after warmup, laid out over the whole budget."""
-    per_device_train_batch_size: int | None = None
+    per_device_train_batch_size: int | None = bounded(None, 1, None)
     """Blocks per device per step (default: 8 on CPU, where on a time budget more updates of
     fewer tokens learn faster than fewer big ones (bench/RESULTS.md); 64 on a GPU, where a batch
     of 8 leaves the device mostly idle)."""
-    per_device_eval_batch_size: int = 64
+    per_device_eval_batch_size: int = bounded(64, 1, None)
     """Blocks per device per validation step."""
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = bounded(1, 1, None)
     """Steps whose gradients are summed before each optimizer update."""
-    max_steps: int | None = None
+    max_steps: int | None = bounded(None, 1, None)
     """Budget in optimizer updates."""
-    max_tokens: int | None = None
+    max_tokens: int | None = bounded(None, 1, None)
     """Budget in training tokens seen."""
-    max_minutes: float | None = 8.0
+    max_minutes: float | None = bounded(8.0, 0, None, above=True)
     """Budget in wall-clock minutes of training (the schedule is laid out over it)."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = bounded(1.0, 0, None, above=True)
     """Gradient clipping threshold."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
     """Autocast precision (bf16 also on CPU, where supported)."""
-    eval_steps: int = 200
+    eval_steps: int = bounded(200, 1, None)
     """Validate every this many optimizer updates (and at the end)."""
-    max_eval_blocks: int = 256
+    max_eval_blocks: int = bounded(256, 1, None)
     """Validation blocks used per evaluation."""
-    logging_steps: int = 20
+    logging_steps: int = bounded(20, 1, None)
     """Log training loss every this many updates."""
     seed: int = 42
     """Seed of model initialisation, data order and masks."""
-    dataloader_num_workers: int | None = None
+    dataloader_num_workers: int | None = bounded(None, 0, None)
     """DataLoader worker processes that mask batches ahead of the model (default: none on CPU,
     where they would take cores from the model; 4 on a GPU, with pinned memory)."""
     torch_compile: bool = False
     """Compile the model with torch.compile (inductor): faster steps after a warm-up of tens of
     seconds to minutes; worth it on a GPU for runs longer than a few minutes."""
-    save_steps: int | None = None
+    save_steps: int | None = bounded(None, 1, None)
     """Write a checkpoint every this many optimizer updates."""
-    save_minutes: float | None = 10.0
+    save_minutes: float | None = bounded(10.0, 0, None, above=True)
     """Write a checkpoint every this many minutes of training."""
-    save_total_limit: int = 2
+    save_total_limit: int = bounded(2, 1, None)
     """Checkpoints kept in output_dir/checkpoints (the oldest are removed)."""
     resume: bool = False
     """Continue from the latest checkpoint in output_dir/checkpoints."""
-    max_nonfinite_steps: int = 5
+    max_nonfinite_steps: int = bounded(5, 1, None)
     """Stop after this many non-finite losses in a row (each such step is skipped)."""
-    torch_threads: int | None = None
+    torch_threads: int | None = bounded(None, 1, None)
     """torch intra-op threads (default: the CPUs this process may use, by affinity and cgroup
     quota, shared among the processes of an `accelerate launch` on CPU)."""
 

@@ -23,7 +23,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from mlm.config import Recipe, to_dict
+from mlm.config import Recipe, check_ranges, to_dict
 from mlm.corpus import build_corpus
 from mlm.corpus.build import corpus_stats, format_stats
 from mlm.cpus import set_torch_threads
@@ -405,6 +405,7 @@ class _StopSignal:
 
 def pretrain(recipe: Recipe) -> Path:
     """Run the recipe end to end; returns the output folder (a save_pretrained model)."""
+    check_ranges(recipe)  # every number, before any work
     t = recipe.training
     if not (t.max_steps or t.max_tokens or t.max_minutes):
         raise UserError("set a budget: max_steps, max_tokens or max_minutes")

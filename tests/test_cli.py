@@ -46,3 +46,45 @@ def test_readme_documents_every_flag():
     for row in flags_markdown().splitlines():
         flag = row.split("`")[1]
         assert f"`{flag}`" in readme, f"README misses {flag}"
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--per_device_train_batch_size", "0", "(--per_device_train_batch_size) = 0: allowed >= 1"),
+    ("--learning_rate", "-1", "(--learning_rate) = -1: allowed > 0"),
+    ("--max_steps", "-3", "(--max_steps) = -3: allowed >= 1"),
+    ("--max_steps", "0", "(--max_steps) = 0: allowed >= 1"),
+    ("--mlm_probability", "1.5", "(--mlm_probability) = 1.5: allowed (0, 1]"),
+    ("--max_seq_length", "0", "(--max_seq_length) = 0: allowed >= 8"),
+    ("--warmup_ratio", "nan", "(--warmup_ratio) = nan: allowed [0, 1)"),
+    ("--dedup_threshold", "2", "(--dedup_threshold) = 2: allowed (0, 1]"),
+])
+def test_bad_numbers_refused_before_any_work(tmp_path, flag, value, expected):
+    """One line naming the setting and its range, exit 2, and nothing written (no corpus,
+    tokenizer or packing stage ran first)."""
+    out = tmp_path / "run"
+    res = run(flag, value, "--output_dir", str(out))
+    assert res.returncode == 2, res.stderr
+    assert expected in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--dedup_threshold", "2"], "(--dedup_threshold) = 2: allowed (0, 1]"),
+    (["--minhash_num_perm", "0"], "(--minhash_num_perm) = 0: allowed >= 2"),
+    (["--validation_fraction", "1.5"], "(--validation_fraction) = 1.5: allowed (0, 0.5]"),
+    (["--min_chars", "-5"], "(--min_chars) = -5: allowed >= 0"),
+    ([], "sources[0].weight = -1: allowed > 0"),
+])
+def test_corpus_cli_refuses_bad_numbers(tmp_path, args, expected):
+    (tmp_path / "a.txt").write_text("some text " * 20)
+    weight = "-1" if not args else "1"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"sources:\n  - path: {tmp_path / 'a.txt'}\n    weight: {weight}\n")
+    out = tmp_path / "corpus"
+    res = subprocess.run([sys.executable, "-m", "mlm.corpus.cli", str(recipe), "--output", str(out),
+                          *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert expected in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()

@@ -286,7 +286,9 @@ def _cli(*args, cwd=REPO):
     (["--model", "tfidf-logreg", "--train_file", "missing.csv"], "training data not found: missing.csv"),
     ([], "run `python train_mlm.py` first"),
     (["--model", "tfidf-logreg", "--train_sizes", "5000"], "larger than the 1625 training examples"),
-    (["--model", "tfidf-logreg", "--max_windows", "0"], "--max_windows must be at least 1, got 0"),
+    (["--model", "tfidf-logreg", "--max_windows", "0"], "(--max_windows) = 0: allowed >= 1"),
+    (["--model", "tfidf-logreg", "--learning_rate", "-1"], "(--learning_rate) = -1: allowed > 0"),
+    (["--model", "tfidf-logreg", "--seeds", "0"], "(--seeds) = 0: allowed >= 1"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, expected):
     res = _cli(*args, cwd=tmp_path)

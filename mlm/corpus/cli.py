@@ -15,6 +15,7 @@ from mlm.config import (
     SplitConfig,
     add_dataclass_arguments,
     apply_overrides,
+    check_ranges,
 )
 from mlm.errors import command
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     recipe = load_recipe(recipe_path)
     apply_overrides(recipe, args)
+    check_ranges(recipe)
     _, stats, built = write_corpus(recipe, output)
     if not quiet:
         print(format_stats(stats))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mlm.config import HubConfig
+from mlm.config import HubConfig, bounded
 
 DEMO_MODEL = "runs/demo"
 DEFAULT_MODELS = [DEMO_MODEL, "random-init", "tfidf-logreg"]
@@ -53,12 +53,12 @@ class DataConfig:
     """Tagging scheme of NER files; all are normalised to BIO (IOB2). auto: detect per file."""
     strict_tags: bool = False
     """An invalid BIO transition (I-X not after B-X/I-X) is an error instead of being repaired."""
-    validation_split: float = 0.1
+    validation_split: float = bounded(0.1, 0, 1, above=True, below=True)
     """Share of train_file carved out (stratified for classification) when there is no
     validation_file."""
-    validation_size: int | None = None
+    validation_size: int | None = bounded(None, 1, None)
     """Number of examples carved for validation (overrides validation_split)."""
-    test_split: float = 0.2
+    test_split: float = bounded(0.2, 0, 1, above=True, below=True)
     """Share of train_file carved out for testing when there is neither test_file nor test_list."""
     split_seed: int = 0
     """Seed of the carved validation/test splits (recorded in results.json)."""
@@ -66,33 +66,33 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    learning_rate: float = 1e-4
+    learning_rate: float = bounded(1e-4, 0, None, above=True)
     """Peak AdamW learning rate of the encoder runs (tiny BERTs from scratch like 3e-4 to 1e-3)."""
-    weight_decay: float = 0.01
+    weight_decay: float = bounded(0.01, 0, None)
     """AdamW weight decay (not on biases and LayerNorm)."""
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = bounded(0.1, 0, 1, below=True)
     """Share of the updates spent warming the learning rate up; then linear decay to 0."""
-    num_train_epochs: float = 10.0
+    num_train_epochs: float = bounded(10.0, 0, None, above=True)
     """Maximum passes over the training subset (early stopping may end sooner)."""
-    per_device_train_batch_size: int = 16
+    per_device_train_batch_size: int = bounded(16, 1, None)
     """Examples (NER: windows) per training step."""
-    per_device_eval_batch_size: int = 64
+    per_device_eval_batch_size: int = bounded(64, 1, None)
     """Examples per evaluation step."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = bounded(1.0, 0, None, above=True)
     """Gradient clipping threshold."""
-    early_stopping_patience: int = 4
+    early_stopping_patience: int = bounded(4, 0, None)
     """Stop after this many epochs in which neither the validation metric nor the validation loss
     improved (0: never stop early). The weights of the best-metric epoch are kept."""
-    max_length: int = 128
+    max_length: int = bounded(128, 8, None)
     """Tokens per classification input ([CLS]/[SEP] included); longer texts are truncated, or cut
     into windows (max_windows)."""
-    max_windows: int = 1
+    max_windows: int = bounded(1, 1, None)
     """Classification of long texts: cut a text into up to this many consecutive windows of
     max_length tokens, train on every window with the text's label and predict the mean of the
     windows' logits (1: truncate to the first window). Sentence pairs are always truncated."""
-    ner_max_length: int = 128
+    ner_max_length: int = bounded(128, 8, None)
     """Tokens per NER window; longer sentences are split into overlapping windows, never truncated."""
-    doc_stride: int = 32
+    doc_stride: int = bounded(32, 0, None)
     """Sub-tokens shared by consecutive NER windows (each word is scored from the window where it
     has the most context)."""
     label_all_tokens: bool = False
@@ -102,7 +102,7 @@ class TrainConfig:
     """Weight the loss by inverse class frequency in the training subset (classification)."""
     seqeval_strict: bool = False
     """Entity-level scores in seqeval's strict mode (IOB2) instead of the CoNLL convention."""
-    dropout: float | None = 0.1
+    dropout: float | None = bounded(0.1, 0, 1, below=True)
     """Hidden/attention dropout during fine-tuning (None: keep the checkpoint's)."""
     pooling: Literal["checkpoint", "cls", "mean"] = "checkpoint"
     """How a classification head summarises the text, for models whose head offers a choice
@@ -117,7 +117,7 @@ class ProtocolConfig:
     train_sizes: str = "all"
     """Comma-separated numbers of labeled training examples (or `all`); every model gets the same
     subsets, nested across sizes, for a given seed."""
-    seeds: int = 3
+    seeds: int = bounded(3, 1, None)
     """Repeats per (model, size): subset, initialisation and data order change with the seed."""
     seed: int = 42
     """First seed; the repeats use seed, seed+1, ..."""
@@ -134,7 +134,7 @@ class RunConfig:
     save_models: Literal["best", "all", "none"] = "best"
     """Fine-tuned encoder folders to keep: best = one per (task, model), the seed with the best
     validation score at the largest train size; all = every run."""
-    torch_threads: int | None = None
+    torch_threads: int | None = bounded(None, 1, None)
     """torch intra-op threads (default: the CPUs this process may use, by affinity and cgroup
     quota, shared among the processes of an `accelerate launch` on CPU)."""
     quiet: bool = False

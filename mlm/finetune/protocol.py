@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from mlm.config import to_dict
+from mlm.config import check_ranges, to_dict
 from mlm.cpus import set_torch_threads
 from mlm.errors import UserError
 from mlm.finetune import baselines, classification, ner
@@ -104,10 +104,6 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
     names = CLASSIFICATION_METRICS if kind == "classification" else NER_METRICS
     if metric not in names:
         raise UserError(f"--metric {metric} is not one of {', '.join(names)} for {kind}")
-    if task.protocol.seeds < 1:
-        raise UserError("--seeds must be at least 1")
-    if task.training.max_windows < 1:
-        raise UserError(f"--max_windows must be at least 1, got {task.training.max_windows}")
     sizes = parse_sizes(task.protocol.train_sizes, len(data.train))
     seeds = [task.protocol.seed + i for i in range(task.protocol.seeds)]
     strat = kind == "classification" and not data.multi_label
@@ -242,6 +238,7 @@ def finetune(config: FinetuneConfig) -> dict:
 
     if not config.tasks:
         raise UserError("no task: give --train_file or --suite")
+    check_ranges(config)  # every number, before any work
     set_torch_threads(config.run.torch_threads)
     log = (lambda *_: None) if config.run.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     check_models(config.models)
