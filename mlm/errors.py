@@ -10,8 +10,18 @@ class UserError(Exception):
     """A mistake in the user's input: printed as one line, exit code 2."""
 
 
+class Stopped(Exception):
+    """A run stopped on purpose (a signal, a diverging loss): one line, and `code` as exit code
+    (128 + the signal's number for a signal, as shells report it; 1 for a failed run)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 def command(main: Callable[..., int]) -> Callable[..., int]:
-    """Wrap a console entry point: UserError -> `error: ...` and 2; Ctrl-C -> 130."""
+    """Wrap a console entry point: UserError -> `error: ...` and 2; Stopped -> its code;
+    Ctrl-C -> 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
@@ -20,6 +30,9 @@ def command(main: Callable[..., int]) -> Callable[..., int]:
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except Stopped as exc:
+            print(f"stopped: {exc}", file=sys.stderr)
+            return exc.code
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130

@@ -5,6 +5,7 @@ Models are plain transformers `*ForMaskedLM` classes, so what we save is a stand
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -98,6 +99,29 @@ def load_masked_lm(path: str | Path, tokenizer=None) -> PreTrainedModel:
             f"{model.get_input_embeddings().num_embeddings} rows"
         )
     return model
+
+
+@contextmanager
+def quiet_transformers():
+    """No progress bars or warnings from transformers and Accelerate inside (a "Writing model
+    shards" bar and a "Removed shared tensor" warning for tied weights at every save are noise)."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    accelerate_log = logging.getLogger("accelerate")  # save_state's tied-weight warning
+    level = accelerate_log.level
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    accelerate_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        accelerate_log.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -12,6 +12,7 @@ import platform
 import shutil
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from mlm.config import Recipe, check_ranges, to_dict
 from mlm.corpus import build_corpus
 from mlm.corpus.build import corpus_stats, format_stats
 from mlm.cpus import set_torch_threads
-from mlm.errors import UserError
+from mlm.errors import Stopped, UserError
 from mlm.masking import MaskingCollator
 from mlm.modeling import (
     MaskedLMObjective,
@@ -35,6 +36,7 @@ from mlm.modeling import (
     count_parameters,
     flops_per_token,
     param_groups,
+    quiet_transformers,
     resize_and_init_new_embeddings,
 )
 from mlm.packing import pack
@@ -334,11 +336,13 @@ def save_checkpoint(recipe, accelerator, objective, tokenizer, progress: Progres
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "training_state"))
+    with quiet_transformers():
+        accelerator.save_state(str(tmp / "training_state"))
     state = model_state_dict(accelerator, objective)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(objective).model.save_pretrained(
-            str(tmp), state_dict=state, safe_serialization=True)
+        with quiet_transformers():
+            accelerator.unwrap_model(objective).model.save_pretrained(
+                str(tmp), state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         state = {"progress": asdict(progress), **sampler_state}
         (tmp / "training_state" / "recipe.json").write_text(json.dumps(recipe_record(recipe),
@@ -378,6 +382,17 @@ def recipe_differences(saved: dict, current: dict) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # The loop.
+
+
+@contextmanager
+def _closing(*handles):
+    """Close the progress bar and the metrics file however the loop ends."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            if handle is not None:
+                handle.close()
 
 
 class _StopSignal:
@@ -475,11 +490,12 @@ def pretrain(recipe: Recipe) -> Path:
         raise UserError(f"the corpus yields {len(train_rows)} training blocks, fewer than one "
                         f"update needs ({bsz} x {per_update}); lower --per_device_train_batch_size")
     tokens_per_update = bsz * recipe.packing.max_seq_length * per_update
-    progress = Progress()
+    progress, initial_val = Progress(), None
     if resume_from is not None:
         accelerator.load_state(str(resume_from / "training_state"))
         state = json.loads((resume_from / "training_state" / "progress.json").read_text())
         progress = Progress(**state["progress"])
+        initial_val = state.get("initial_val_loss")
         accelerator.print(f"resumed from {resume_from} (step {progress.step})")
     accelerator.init_trackers("tensorboard")
     metrics = None
@@ -493,6 +509,8 @@ def pretrain(recipe: Recipe) -> Path:
                desc="pretrain", mininterval=1.0,
                bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]{postfix}")
     first_val = evaluate(objective, val_batches, accelerator)
+    if resume_from is not None and initial_val is not None:
+        first_val = initial_val  # the run's step-0 loss, for the summary
     if resume_from is None:
         _log(accelerator, metrics, {"step": 0, "tokens": 0, "val_loss": first_val,
                                     "val_perplexity": math.exp(min(first_val, 50))})
@@ -511,7 +529,7 @@ def pretrain(recipe: Recipe) -> Path:
                         num_workers=workers, pin_memory=accelerator.device.type == "cuda",
                         prefetch_factor=4 if workers else None)
     batches = iter(loader)
-    with _StopSignal() as stop:
+    with _StopSignal() as stop, _closing(bar, metrics):
         while not done:
             batch = {k: v.to(accelerator.device, non_blocking=True)
                      for k, v in next(batches).items()}
@@ -547,10 +565,7 @@ def pretrain(recipe: Recipe) -> Path:
                 progress.batch_in_epoch = 0
             checking = progress.step % check_every == 0
             if checking and in_a_row.item() >= t.max_nonfinite_steps:
-                raise UserError(
-                    f"training stopped: {int(in_a_row.item())} non-finite losses in a row at step "
-                    f"{progress.step}; the last good checkpoint is kept. Lower "
-                    "--learning_rate or use --mixed_precision no")
+                raise Stopped(_divergence_message(recipe, int(in_a_row.item()), progress.step), 1)
             # Ranks agree on the end (time budgets) and on a signal at check points only.
             frac, stopping = progress.fraction(recipe), stop.received is not None
             if world > 1 and checking:
@@ -581,18 +596,18 @@ def pretrain(recipe: Recipe) -> Path:
                                             "val_perplexity": math.exp(min(last_val, 50))})
             want_save = (t.save_steps and progress.step % t.save_steps == 0) or (
                 t.save_minutes and time.perf_counter() - last_save > 60 * t.save_minutes)
-            if want_save or stopping:
-                save_checkpoint(recipe, accelerator, objective, tokenizer, progress, {})
+            # Never while non-finite updates are going on: the weights may already be poisoned.
+            if (want_save and not in_a_row.item()) or stopping:
+                save_checkpoint(recipe, accelerator, objective, tokenizer, progress,
+                                {"initial_val_loss": first_val})
                 last_save = time.perf_counter()
             clock += time.perf_counter() - pause  # validation and saving are not training
             if stopping:
                 bar.close()
-                raise UserError(f"stopped by signal at step {progress.step}; checkpoint saved, "
-                                "continue with --resume")
+                signum = stop.received or signal.SIGTERM
+                raise Stopped(f"{signal.Signals(signum).name} at step {progress.step}; checkpoint "
+                              "saved, continue with --resume", 128 + int(signum))
             done = frac >= 1
-    bar.close()
-    if metrics:
-        metrics.close()
     state = model_state_dict(accelerator, objective)  # a collective under FSDP/DeepSpeed
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(objective).model
@@ -631,6 +646,20 @@ def _agreed(frac: float, flag: bool, accelerator: Accelerator) -> tuple[float, b
     return top[0], top[1] > 0
 
 
+def _divergence_message(recipe: Recipe, count: int, step: int) -> str:
+    """Why the run stopped, which checkpoint is kept, and advice that fits its settings."""
+    t = recipe.training
+    kept = latest_checkpoint(recipe)
+    where = f"the last checkpoint before them, {kept}, is kept" if kept else \
+        "no checkpoint was written (none is saved while updates are non-finite)"
+    advice = f"lower --learning_rate (now {t.learning_rate:g})"
+    if t.mixed_precision != "no":
+        advice += f" or use --mixed_precision no (now {t.mixed_precision})"
+    if t.warmup_ratio < 0.05:
+        advice += f", or a longer --warmup_ratio (now {t.warmup_ratio:g})"
+    return f"{count} non-finite losses in a row at step {step}; {where}. Try: {advice}"
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
@@ -642,7 +671,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def _log(accelerator: Accelerator, fh, row: dict) -> None:
     if fh is None:
         return
-    fh.write(json.dumps(row) + "\n")
+    # NaN and infinity are not JSON: a non-finite value is written as null.
+    row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    fh.write(json.dumps(row, allow_nan=False) + "\n")
     fh.flush()
     accelerator.log({k: v for k, v in row.items() if k not in ("step", "tokens")},
                     step=row["step"])
@@ -653,7 +684,8 @@ def _finish(recipe, accelerator, model, tokenizer, progress, first_val, last_val
     """Save the model folder (from the full state dict), the loss curve and a summary."""
     out = Path(recipe.training.output_dir)
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(str(out), state_dict=state, safe_serialization=True)
+    with quiet_transformers():
+        unwrapped.save_pretrained(str(out), state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png", title=f"{recipe.name}")
     seq = recipe.packing.max_seq_length
@@ -688,7 +720,7 @@ def _finish(recipe, accelerator, model, tokenizer, progress, first_val, last_val
                    "validation_documents": stats["documents"]["validation"]},
     }
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    train_losses = [r["train_loss"] for r in rows if r.get("train_loss") is not None]
     summary["final_train_loss"] = train_losses[-1] if train_losses else None
     summary["first_train_loss"] = train_losses[0] if train_losses else None
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,6 +1,7 @@
 """End to end on real text at tiny size: the loss goes down and the output is a standard model."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,14 +112,34 @@ def test_continued_pretraining_from_minilm(tiny_recipe):
 def test_diverging_run_stops_on_device_counted_nonfinite_updates(tiny_recipe):
     """Non-finite updates are skipped inside the fused AdamW step and counted on the device; the
     run still stops after max_nonfinite_steps of them in a row."""
-    from mlm.errors import UserError
+    from mlm.errors import Stopped
     from mlm.pretrain import pretrain
     from mlm.recipe import load_recipe
 
     recipe = load_recipe(tiny_recipe(learning_rate=1e4, mixed_precision="no", max_steps=60,
-                                     logging_steps=1, max_nonfinite_steps=3, eval_steps=1000))
-    with pytest.raises(UserError, match="3 non-finite losses in a row"):
+                                     logging_steps=1, max_nonfinite_steps=3, eval_steps=1000,
+                                     save_steps=1))
+    with pytest.raises(Stopped, match="3 non-finite losses in a row") as info:
         pretrain(recipe)
+    message = str(info.value)
+    assert "--mixed_precision" not in message  # already "no": the advice fits the settings
+    assert "lower --learning_rate (now 10000)" in message
+    out = Path(recipe.training.output_dir)
+    # No checkpoint while the non-finite updates went on; those before are finite ones.
+    steps = [json.loads(line, parse_constant=_no_nan) for line in
+             (out / "metrics.jsonl").read_text().splitlines()]  # strict JSON: no bare NaN
+    bad = [r["step"] for r in steps if "train_loss" in r and r["train_loss"] is None]
+    assert bad, "the run should have logged non-finite losses as null"
+    kept = sorted((out / "checkpoints").glob("step-*"))
+    assert all(int(p.name.split("-")[1]) < bad[0] for p in kept)
+    for ckpt in kept:
+        from safetensors.torch import load_file
+
+        assert all(torch.isfinite(v).all() for v in load_file(ckpt / "model.safetensors").values())
+
+
+def _no_nan(name):
+    raise AssertionError(f"metrics.jsonl holds {name}, which is not JSON")
 
 
 def test_torch_compile_saves_a_standard_model(tiny_recipe, tmp_path):

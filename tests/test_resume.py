@@ -101,3 +101,32 @@ def test_two_processes_match_one_with_double_accumulation(tiny_recipe, tmp_path)
     assert [s for s, _ in a] == [s for s, _ in b] == [0, 5, 10]
     # Same batches, same masks, gradients averaged the same way: equal up to float reduction order.
     assert [v for _, v in b] == pytest.approx([v for _, v in a], abs=2e-3)
+
+
+def test_sigterm_saves_exits_143_and_resume_keeps_step0_loss(tiny_recipe, tmp_path):
+    """SIGTERM: a checkpoint, exit code 143 (128 + 15, not 2: no user mistake), one line; after
+    --resume the summary's initial validation loss is the run's step-0 loss."""
+    path = tiny_recipe(**{**FP32, "max_steps": 2000}, output_dir=str(tmp_path / "run"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "train_mlm.py"), "--recipe", str(path)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or
+                                      "train_loss" not in metrics.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped: SIGTERM at step" in err and "Traceback" not in err
+    assert "Writing model shards" not in err and "Removed shared tensor" not in err  # quiet saves
+    assert list((tmp_path / "run" / "checkpoints").glob("step-*/training_state/progress.json"))
+    step0 = _val_losses(tmp_path / "run")[0]
+    from mlm.pretrain import pretrain
+
+    recipe = load_recipe(path)
+    recipe.training.resume = True
+    recipe.training.max_steps = 40
+    out = pretrain(recipe)
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert step0[0] == 0 and summary["initial_val_loss"] == pytest.approx(step0[1], abs=1e-9)

@@ -20,7 +20,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="finetune.py",
         description="Fine-tune encoders on labeled classification or NER data over several train sizes "
-                    "and seeds, and compare them (mean ± std, 95 %% intervals, learning curves). "
+                    "and seeds, and compare them (mean ± std, 95 % intervals, learning curves). "
                     "With no arguments: the demo suite (BBC News topics + WNUT-16) with runs/demo, "
                     "random-init and tfidf-logreg.",
     )

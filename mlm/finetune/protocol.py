@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers.utils import logging as hf_logging
 
 from mlm.config import check_ranges, to_dict
 from mlm.cpus import set_torch_threads
@@ -29,6 +28,7 @@ from mlm.finetune.config import FinetuneConfig, TaskConfig
 from mlm.finetune.data import TaskData, load_task, stratified_order
 from mlm.finetune.engine import RANDOM_INIT, TFIDF, check_model_folder, device_of, run_state
 from mlm.finetune.metrics import CLASSIFICATION_METRICS, NER_METRICS
+from mlm.modeling import quiet_transformers
 
 
 def parse_sizes(spec: str, pool: int) -> list[int]:
@@ -207,18 +207,15 @@ def _maybe_save(mode: str, out: dict, spec: str, size: int, largest: int, seed: 
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Writing model shards" bar per save
-    if run_state().process_index == 0:
-        out["model"].save_pretrained(str(folder))
-    else:  # save_pretrained writes no weights on a rank other than 0 once torch.distributed is up
-        from safetensors.torch import save_model
+    with quiet_transformers():  # no "Writing model shards" bar per save
+        if run_state().process_index == 0:
+            out["model"].save_pretrained(str(folder))
+        else:  # save_pretrained writes no weights on a rank other than 0 once torch.distributed is up
+            from safetensors.torch import save_model
 
-        out["model"].config.save_pretrained(str(folder))
-        save_model(out["model"], str(folder / "model.safetensors"), metadata={"format": "pt"})
-    out["tokenizer"].save_pretrained(str(folder))
-    if bars:
-        hf_logging.enable_progress_bar()
+            out["model"].config.save_pretrained(str(folder))
+            save_model(out["model"], str(folder / "model.safetensors"), metadata={"format": "pt"})
+        out["tokenizer"].save_pretrained(str(folder))
     with (folder / "predictions.jsonl").open("w", encoding="utf-8") as f:
         for p in out["predictions"]:
             f.write(json.dumps(p, ensure_ascii=False) + "\n")
