@@ -295,6 +295,11 @@ class TrainingConfig:
     """Checkpoints kept in output_dir/checkpoints (the oldest are removed)."""
     resume: bool = False
     """Continue from the latest checkpoint in output_dir/checkpoints."""
+    resume_from_checkpoint: str | None = None
+    """Continue from this checkpoint folder (output_dir/checkpoints/step-N) instead."""
+    overwrite_output_dir: bool = False
+    """Train into an output_dir that holds a model trained with other settings, removing what
+    the new model makes stale (its fine-tuning results and model card)."""
     max_nonfinite_steps: int = bounded(5, 1, None)
     """Stop after this many non-finite losses in a row (each such step is skipped)."""
     torch_threads: int | None = bounded(None, 1, None)

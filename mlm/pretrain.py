@@ -312,7 +312,8 @@ class Progress:
 RESUME_IGNORED = {("training", k) for k in (
     "output_dir", "resume", "max_steps", "max_tokens", "max_minutes", "eval_steps",
     "logging_steps", "save_steps", "save_minutes", "save_total_limit", "torch_threads",
-    "dataloader_num_workers")} | {("hub", None)}
+    "dataloader_num_workers", "resume_from_checkpoint", "overwrite_output_dir", "torch_compile")} \
+    | {("hub", None)}
 
 
 def _checkpoint_root(recipe: Recipe) -> Path:
@@ -426,17 +427,90 @@ def pretrain(recipe: Recipe) -> Path:
         raise UserError("set a budget: max_steps, max_tokens or max_minutes")
     out = Path(t.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    set_torch_threads(t.torch_threads)
-    resume_from = None
-    if t.resume:
+    with output_lock(out):
+        return _pretrain(recipe, out)
+
+
+@contextmanager
+def output_lock(out: Path):
+    """One run per output folder: a second one (another process, or another launch) is refused
+    with one line. Held by the launch's first process for the whole run; the OS drops it when
+    the process ends, however it ends."""
+    import fcntl
+
+    if os.environ.get("RANK", "0") != "0":  # the other processes of a launch share rank 0's
+        yield
+        return
+    fh = (out / ".lock").open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        owner = fh.read().strip() or "another process"
+        fh.close()
+        raise UserError(f"{out} is in use by another run ({owner}); wait for it to end or choose "
+                        "another --output_dir") from None
+    fh.truncate(0)
+    fh.write(f"pid {os.getpid()}")
+    fh.flush()
+    try:
+        yield
+    finally:
+        fh.close()
+
+
+def _resume_point(recipe: Recipe) -> Path | None:
+    """The checkpoint to resume from (--resume_from_checkpoint, or the newest with --resume),
+    refused when the recipe differs from the checkpoint's."""
+    t = recipe.training
+    if t.resume_from_checkpoint:
+        resume_from = Path(t.resume_from_checkpoint)
+        if not (resume_from / "training_state" / "progress.json").is_file():
+            raise UserError(f"--resume_from_checkpoint {resume_from}: not a complete checkpoint "
+                            "(no training_state/progress.json)")
+    elif t.resume:
         resume_from = latest_checkpoint(recipe)
         if resume_from is None:
             raise UserError(f"--resume: no checkpoint in {_checkpoint_root(recipe)}")
-        saved = json.loads((resume_from / "training_state" / "recipe.json").read_text())
-        diffs = recipe_differences(saved, recipe_record(recipe))
+    else:
+        return None
+    saved = json.loads((resume_from / "training_state" / "recipe.json").read_text())
+    diffs = recipe_differences(saved, recipe_record(recipe))
+    if diffs:
+        raise UserError(f"--resume refused, the recipe differs from the checkpoint's: "
+                        f"{'; '.join(diffs)}")
+    return resume_from
+
+
+def guard_output_dir(recipe: Recipe, out: Path) -> None:
+    """A fresh run refuses a folder holding a model trained with other settings, unless
+    --overwrite_output_dir; then what the new model makes stale (fine-tuning results, model
+    card, the old run's checkpoints and metrics) is removed before any work."""
+    t = recipe.training
+    saved = out / "recipe.resolved.yaml"
+    if saved.is_file() and not t.overwrite_output_dir:
+        import yaml
+
+        diffs = recipe_differences(yaml.safe_load(saved.read_text()), recipe_record(recipe))
         if diffs:
-            raise UserError(f"--resume refused, the recipe differs from the checkpoint's: "
-                            f"{'; '.join(diffs)}")
+            raise UserError(f"{out} holds a model trained with other settings "
+                            f"({'; '.join(diffs[:3])}); pass --overwrite_output_dir to replace "
+                            "it (its fine-tuning results and model card go too), or choose "
+                            "another --output_dir")
+    for stale in ("finetune", "README.md", "checkpoints", "metrics.jsonl", "run_summary.json"):
+        path = out / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _pretrain(recipe: Recipe, out: Path) -> Path:
+    t = recipe.training
+    set_torch_threads(t.torch_threads)
+    resume_from = _resume_point(recipe)
+    if resume_from is None and os.environ.get("RANK", "0") == "0":
+        guard_output_dir(recipe, out)
     # Accelerate keeps its settings in a process-wide singleton; a second pretrain() in the same
     # process (tests, notebooks) with another precision would be refused. Reset the settings but
     # keep the process group (PartialState).

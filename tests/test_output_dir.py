@@ -1,0 +1,70 @@
+"""The output folder: one run at a time, no stale results under a new model, resume from a
+named checkpoint."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mlm.errors import UserError
+from mlm.recipe import load_recipe
+from tests.conftest import REPO
+
+
+def test_second_run_on_the_same_folder_is_refused(tiny_recipe, tmp_path):
+    path = tiny_recipe(max_steps=5000, save_minutes=None, output_dir=str(tmp_path / "run"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, str(REPO / "train_mlm.py"), "--recipe", str(path)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = tmp_path / "run" / ".lock"
+        deadline = time.time() + 60
+        while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
+            time.sleep(0.05)
+        second = subprocess.run([sys.executable, str(REPO / "train_mlm.py"), "--recipe", str(path)],
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert f"is in use by another run (pid {first.pid})" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+
+def test_other_model_needs_overwrite_which_clears_stale_results(tiny_recipe, tmp_path):
+    from mlm.pretrain import pretrain
+
+    out = tmp_path / "run"
+    pretrain(load_recipe(tiny_recipe(max_steps=4, eval_steps=4, output_dir=str(out))))
+    (out / "finetune").mkdir()
+    (out / "finetune" / "results.json").write_text("{}")  # scores of this first model
+    (out / "README.md").write_text("card of the first model")
+    other = load_recipe(tiny_recipe(max_steps=4, eval_steps=4, output_dir=str(out)))
+    other.model.model_family = "bert"
+    with pytest.raises(UserError, match="model.model_family: 'modernbert' -> 'bert'.*--overwrite_output_dir"):
+        pretrain(other)
+    assert (out / "finetune" / "results.json").exists()  # refused before touching anything
+    other.training.overwrite_output_dir = True
+    pretrain(other)
+    assert not (out / "finetune").exists() and not (out / "README.md").exists()
+    assert '"model_family": "bert"' in (out / "run_summary.json").read_text().replace("'", '"')
+
+
+def test_resume_from_a_named_checkpoint(tiny_recipe, tmp_path):
+    from mlm.pretrain import pretrain
+
+    out = tmp_path / "run"
+    pretrain(load_recipe(tiny_recipe(max_steps=8, eval_steps=4, save_steps=4,
+                                     output_dir=str(out))))
+    recipe = load_recipe(tiny_recipe(max_steps=8, eval_steps=4, save_steps=4,
+                                     output_dir=str(out)))
+    recipe.training.resume_from_checkpoint = str(out / "checkpoints" / "step-00000004")
+    pretrain(recipe)
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert sum('"val_loss"' in r and '"step": 8' in r for r in rows) == 1  # not logged twice
+    recipe.training.resume_from_checkpoint = str(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="not a complete checkpoint"):
+        pretrain(recipe)
