@@ -407,3 +407,32 @@ def test_cli_subprocess_help_and_error():
     res = subprocess.run([*cmd, "/nonexistent.yaml"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "--output" in res.stderr and "Traceback" not in res.stderr
+
+
+def _corrupt_gz(text: str) -> bytes:
+    """A gzip member whose deflate data is damaged (zlib.error on reading, not a header error)."""
+    data = bytearray(gzip.compress(text.encode() * 20))
+    for i in range(20, min(len(data) - 8, 60)):
+        data[i] ^= 0x5A
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated"])
+def test_damaged_gzip_fails_with_one_line_or_is_skipped(tmp_path, articles, capsys, damage):
+    d = tmp_path / "d"
+    d.mkdir()
+    good = gzip.compress(articles[0].encode())
+    bad = _corrupt_gz(articles[1]) if damage == "corrupt" else \
+        gzip.compress(articles[1].encode() * 20)[:-40]
+    (d / "bad.txt.gz").write_bytes(bad)
+    (d / "good.txt.gz").write_bytes(good)
+    (d / "c.txt").write_text(articles[2])
+    recipe = write_recipe(tmp_path, [{"path": str(d)}])
+    code, _, err = run_cli(capsys, recipe, "--output", tmp_path / "out")
+    assert code == 2, err
+    assert f"{d / 'bad.txt.gz'}: cannot read" in err and "on_error: skip" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    ds, stats = build(tmp_path, [{"path": str(d), "on_error": "skip"}])
+    assert stats["dropped"].get("unreadable_file") == 1
+    texts = " ".join(all_texts(ds))
+    assert articles[0][:60] in texts and articles[2][:60] in texts

@@ -37,7 +37,7 @@ STAGED = Features({
     "drop": Value("string"), "pii": Sequence(Value("string")), "hash": Value("binary"),
     "minhash": Value("binary"), "chars": Value("int64"),
 })
-FILE_SKIPS = ("empty_file", "binary_file", "encoding_error", "unsupported_file")
+FILE_SKIPS = ("empty_file", "binary_file", "encoding_error", "unsupported_file", "unreadable_file")
 MAX_WARNINGS = 20
 
 

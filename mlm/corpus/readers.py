@@ -19,6 +19,7 @@ import lzma
 import shutil
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,12 +117,24 @@ def read_documents(path: Path, source: SourceConfig, fmt: str) -> Iterator[tuple
             return
         raise UserError(f"{path}:{exc.line}: not valid {source.encoding} ({exc.reason}); "
                         "set `encoding`, or `errors: replace` or `skip`") from None
-    except (OSError, EOFError, lzma.LZMAError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        yield _unreadable(path, source, exc)
     except Exception as exc:  # zstandard.ZstdError and friends: a corrupt compressed file
         if type(exc).__module__.startswith("zstandard"):
-            raise UserError(f"{path}: cannot read ({exc})") from None
+            yield _unreadable(path, source, exc)
+            return
         raise
+
+
+def _unreadable(path: Path, source: SourceConfig, exc: Exception) -> Skip:
+    """A file that cannot be read to its end (corrupt or truncated compressed data, an I/O
+    error): one line naming it, or with `on_error: skip` a counted skip (documents read from it
+    before the damage are kept)."""
+    if source.on_error == "skip":
+        return Skip("unreadable_file", str(path), warn=True)
+    reason = str(exc) or type(exc).__name__
+    raise UserError(f"{path}: cannot read ({reason}); a corrupt or truncated file? Set "
+                    "`on_error: skip` to skip such files") from None
 
 
 class _Rewound(io.RawIOBase):
