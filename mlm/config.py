@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,8 +38,6 @@ def allowed_range(rng: tuple) -> str:
 def check_ranges(obj: Any, where: str = "") -> None:
     """Refuse any number outside its field's range, or not finite, naming the setting, its flag
     and the allowed range; walks nested sections and lists of them."""
-    import math
-
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         here = f"{where}.{f.name}" if where else f.name
@@ -310,17 +309,24 @@ class TrainingConfig:
         """per_device_train_batch_size, or its default for the device type."""
         if self.per_device_train_batch_size is not None:
             return self.per_device_train_batch_size
-        return DEFAULT_BATCH_SIZE["cpu" if device_type == "cpu" else "gpu"]
+        return DEVICE_DEFAULTS[_device_kind(device_type)]["per_device_train_batch_size"]
 
     def loader_workers(self, device_type: str) -> int:
         """dataloader_num_workers, or its default for the device type."""
         if self.dataloader_num_workers is not None:
             return self.dataloader_num_workers
-        return 0 if device_type == "cpu" else 4
+        return DEVICE_DEFAULTS[_device_kind(device_type)]["dataloader_num_workers"]
 
 
-DEFAULT_BATCH_SIZE = {"cpu": 8, "gpu": 64}
-"""Default per_device_train_batch_size by device (one source: TrainingConfig reads it)."""
+DEVICE_DEFAULTS = {
+    "cpu": {"per_device_train_batch_size": 8, "dataloader_num_workers": 0},
+    "gpu": {"per_device_train_batch_size": 64, "dataloader_num_workers": 4},
+}
+"""Defaults that depend on the device (one source: TrainingConfig reads them)."""
+
+
+def _device_kind(device_type: str) -> str:
+    return "cpu" if device_type == "cpu" else "gpu"
 
 
 @dataclass

@@ -431,6 +431,11 @@ def pretrain(recipe: Recipe) -> Path:
         return _pretrain(recipe, out)
 
 
+def _first_process() -> bool:
+    """Rank 0 of a launch (or a lone process), known before Accelerate is set up."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextmanager
 def output_lock(out: Path):
     """One run per output folder: a second one (another process, or another launch) is refused
@@ -438,7 +443,7 @@ def output_lock(out: Path):
     the process ends, however it ends."""
     import fcntl
 
-    if os.environ.get("RANK", "0") != "0":  # the other processes of a launch share rank 0's
+    if not _first_process():  # the other processes of a launch share rank 0's
         yield
         return
     fh = (out / ".lock").open("a+")
@@ -509,7 +514,7 @@ def _pretrain(recipe: Recipe, out: Path) -> Path:
     t = recipe.training
     set_torch_threads(t.torch_threads)
     resume_from = _resume_point(recipe)
-    if resume_from is None and os.environ.get("RANK", "0") == "0":
+    if resume_from is None and _first_process():
         guard_output_dir(recipe, out)
     # Accelerate keeps its settings in a process-wide singleton; a second pretrain() in the same
     # process (tests, notebooks) with another precision would be refused. Reset the settings but
@@ -591,7 +596,9 @@ def _pretrain(recipe: Recipe, out: Path) -> Path:
     last_val, running, lr = first_val, [], 0.0
     # Non-finite updates are counted on the device and read every `check_every` updates.
     in_a_row = torch.zeros((), device=accelerator.device)
+    skipped = torch.zeros((), device=accelerator.device)  # this session's, for progress
     check_every = max(1, min(t.logging_steps, t.max_nonfinite_steps))
+    nonfinite_before = progress.nonfinite_total
     clock = time.perf_counter() - progress.seconds
     last_save = time.perf_counter()
     done = progress.fraction(recipe) >= 1
@@ -621,6 +628,7 @@ def _pretrain(recipe: Recipe, out: Path) -> Path:
                         norm = torch.zeros((), device=accelerator.device)
                     bad = (~torch.isfinite(norm)).float()  # same on every rank after all-reduce
                     in_a_row = (in_a_row + 1) * bad
+                    skipped += bad
                     if fused:
                         optimizer.optimizer.found_inf = bad  # the fused step skips, on device
                         optimizer.step()
@@ -638,8 +646,11 @@ def _pretrain(recipe: Recipe, out: Path) -> Path:
                 progress.epoch += 1
                 progress.batch_in_epoch = 0
             checking = progress.step % check_every == 0
-            if checking and in_a_row.item() >= t.max_nonfinite_steps:
-                raise Stopped(_divergence_message(recipe, int(in_a_row.item()), progress.step), 1)
+            if checking:
+                streak, total = (int(x) for x in torch.stack([in_a_row, skipped]).tolist())
+                progress.nonfinite_total = nonfinite_before + total
+                if streak >= t.max_nonfinite_steps:
+                    raise Stopped(_divergence_message(recipe, streak, progress.step), 1)
             # Ranks agree on the end (time budgets) and on a signal at check points only.
             frac, stopping = progress.fraction(recipe), stop.received is not None
             if world > 1 and checking:
@@ -672,12 +683,12 @@ def _pretrain(recipe: Recipe, out: Path) -> Path:
                 t.save_minutes and time.perf_counter() - last_save > 60 * t.save_minutes)
             # Never while non-finite updates are going on: the weights may already be poisoned.
             if (want_save and not in_a_row.item()) or stopping:
+                progress.nonfinite_total = nonfinite_before + int(skipped.item())
                 save_checkpoint(recipe, accelerator, objective, tokenizer, progress,
                                 {"initial_val_loss": first_val})
                 last_save = time.perf_counter()
             clock += time.perf_counter() - pause  # validation and saving are not training
             if stopping:
-                bar.close()
                 signum = stop.received or signal.SIGTERM
                 raise Stopped(f"{signal.Signals(signum).name} at step {progress.step}; checkpoint "
                               "saved, continue with --resume", 128 + int(signum))

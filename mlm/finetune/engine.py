@@ -24,11 +24,10 @@ from transformers import (
     AutoTokenizer,
     get_linear_schedule_with_warmup,
 )
-from transformers.utils import logging as hf_logging
 
 from mlm.errors import UserError
 from mlm.finetune.config import DEMO_MODEL, TrainConfig
-from mlm.modeling import param_groups
+from mlm.modeling import param_groups, quiet_transformers
 
 RANDOM_INIT = "random-init"
 TFIDF = "tfidf-logreg"
@@ -93,20 +92,17 @@ def load_model(spec: str, first_folder: Path, task: str, label_names: list[str],
     if cfg.pooling != "checkpoint" and hasattr(config, "classifier_pooling"):
         config.classifier_pooling = cfg.pooling
     torch.manual_seed(seed)  # the new head (and, for random-init, everything) depends on the seed
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # "newly initialized head" warnings are expected here
-    hf_logging.disable_progress_bar()  # one "Loading weights" bar per run is noise
+    # quiet: "newly initialized head" warnings are expected here, and a "Loading weights" bar
+    # per run is noise
     try:
-        if spec == RANDOM_INIT:
-            model = auto.from_config(config)
-        else:
-            model = auto.from_pretrained(str(folder), config=config, ignore_mismatched_sizes=True)
+        with quiet_transformers():
+            if spec == RANDOM_INIT:
+                model = auto.from_config(config)
+            else:
+                model = auto.from_pretrained(str(folder), config=config,
+                                             ignore_mismatched_sizes=True)
     except (OSError, ValueError) as exc:
         raise UserError(f"model '{spec}': cannot be loaded for {task} ({exc})") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
     return model.to(device if device is not None else run_device()), load_tokenizer(folder)
 
 

@@ -248,7 +248,8 @@ def finetune(config: FinetuneConfig) -> dict:
         raise UserError("two tasks share a name; give each task of the suite its own name")
     results = {"name": config.name, "models": [model_label(m) for m in config.models], "tasks": [],
                "torch_threads": torch.get_num_threads()}
-    main = run_state().is_main_process  # every process has every row; one writes them
+    state = run_state()
+    main = state.is_main_process  # every process has every row; one writes them
     for task in config.tasks:
         section = run_task(task, config.models, out_dir, config, log)
         png = out_dir / f"learning_curve_{_slug(task.name)}.png"
@@ -258,7 +259,7 @@ def finetune(config: FinetuneConfig) -> dict:
         results["tasks"].append(section)
     results["average"] = average_row(results)
     results["seconds"] = round(time.time() - t0, 1)
-    results["processes"] = run_state().num_processes
+    results["processes"] = state.num_processes
     if main:
         (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
         (out_dir / "report.md").write_text(finetune_report(results))
