@@ -45,8 +45,7 @@ def _push(folder, hub) -> None:
 
     if not hub.hub_model_id:
         raise UserError("--push_to_hub needs --hub_model_id")
-    url = push_to_hub(folder, hub.hub_model_id, token=hub.hub_token, private=hub.hub_private_repo,
-                      revision=hub.hub_revision)
+    url = push_to_hub(folder, hub.hub_model_id, private=hub.hub_private_repo, revision=hub.hub_revision)
     print(f"pushed to {url}")
 
 

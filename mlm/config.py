@@ -37,7 +37,8 @@ def allowed_range(rng: tuple) -> str:
 
 def check_ranges(obj: Any, where: str = "") -> None:
     """Refuse any number outside its field's range, or not finite, naming the setting, its flag
-    and the allowed range; walks nested sections and lists of them."""
+    and the allowed range, and any combination a section's `check()` refuses; walks nested
+    sections and lists of them."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         here = f"{where}.{f.name}" if where else f.name
@@ -58,6 +59,8 @@ def check_ranges(obj: Any, where: str = "") -> None:
         if not inside:
             flag = "" if "[" in here and not here.startswith("tasks[") else f" (--{f.name})"
             raise UserError(f"{here}{flag} = {value:g}: allowed {allowed_range(rng)}")
+    if hasattr(obj, "check"):  # rules that tie fields together, beside them in the class
+        obj.check()
 
 
 @dataclass
@@ -119,11 +122,13 @@ class SplitConfig:
 class PrivacyConfig:
     scrub_pii: bool = True
     """Replace personal data and secrets with typed placeholders such as [EMAIL]."""
-    pii_types: list[Literal["email", "phone", "ip", "url_credentials", "credit_card", "secret"]] = (
-        field(default_factory=lambda: ["email", "phone", "ip", "url_credentials", "credit_card",
-                                       "secret"]))
-    """Kinds to scrub: e-mail addresses, phone numbers, IP addresses, credentials in URLs,
-    Luhn-valid card numbers, secrets (API keys, tokens, passwords, private key blocks)."""
+    pii_types: list[Literal["email", "phone", "ip", "url_credentials", "credit_card", "iban",
+                            "ssn", "secret"]] = field(default_factory=lambda: [
+        "email", "phone", "ip", "url_credentials", "credit_card", "iban", "ssn", "secret"])
+    """Kinds to scrub: e-mail addresses, phone numbers (international ones checked by
+    phonenumbers), IP addresses, credentials in URLs, Luhn-valid card numbers, IBANs with a valid
+    checksum, US social security numbers, secrets (cloud and API keys, tokens, passwords,
+    private key blocks)."""
 
 
 @dataclass
@@ -164,6 +169,11 @@ class TokenizerConfig:
     extend_vocab_words: int = bounded(0, 0, None)
     """With tokenizer_name_or_path: add this many frequent corpus words that the tokenizer splits
     into the most pieces; their new embedding rows start as the mean of their old pieces' rows."""
+
+    def check(self) -> None:
+        if self.extend_vocab_words and not self.tokenizer_name_or_path:
+            raise UserError("extend_vocab_words needs tokenizer_name_or_path (the tokenizer to "
+                            "extend)")
 
 
 @dataclass
@@ -250,6 +260,13 @@ class TrainingConfig:
     """Peak learning rate of AdamW."""
     weight_decay: float = bounded(0.01, 0, None)
     """AdamW weight decay (not applied to biases and norms)."""
+    adam_beta1: float = bounded(0.9, 0, 1, below=True)
+    """AdamW beta1 (decay of the gradient's running mean)."""
+    adam_beta2: float = bounded(0.98, 0, 1, below=True)
+    """AdamW beta2 (decay of the squared gradient's running mean; 0.98 as RoBERTa, steadier
+    than 0.999 with the large learning rates of short runs)."""
+    adam_epsilon: float = bounded(1e-6, 0, None, above=True)
+    """AdamW epsilon."""
     warmup_ratio: float = bounded(0.06, 0, 1, below=True)
     """Share of the budget spent warming the learning rate up linearly."""
     lr_scheduler_type: Literal["linear", "cosine"] = "linear"
@@ -306,6 +323,10 @@ class TrainingConfig:
     """torch intra-op threads (default: the CPUs this process may use, by affinity and cgroup
     quota, shared among the processes of an `accelerate launch` on CPU)."""
 
+    def check(self) -> None:
+        if not (self.max_steps or self.max_tokens or self.max_minutes):
+            raise UserError("set a budget: max_steps, max_tokens or max_minutes")
+
     def train_batch_size(self, device_type: str) -> int:
         """per_device_train_batch_size, or its default for the device type."""
         if self.per_device_train_batch_size is not None:
@@ -332,6 +353,9 @@ def _device_kind(device_type: str) -> str:
 
 @dataclass
 class HubConfig:
+    """Where to publish. The token is not a setting (a recipe is written next to the model): it
+    comes from HF_TOKEN or `hf auth login`."""
+
     push_to_hub: bool = False
     """Upload the result to a Hugging Face-compatible hub at the end."""
     hub_model_id: str | None = None
@@ -340,8 +364,6 @@ class HubConfig:
     """Create the repository as private."""
     hub_revision: str | None = None
     """Branch to push to (default: main)."""
-    hub_token: str | None = None
-    """Token (default: HF_TOKEN or the cached login)."""
 
 
 @dataclass

@@ -18,8 +18,10 @@ from transformers import (
     RobertaConfig,
 )
 
-from mlm.config import ModelConfig
+from mlm.config import ModelConfig, Recipe
 from mlm.errors import UserError
+from mlm.recipe import resolve_path
+from mlm.tokenizer import load_tokenizer
 
 # (layers, hidden) of the BERT miniatures (Turc et al. 2019); heads = hidden / 64.
 PRESETS = {
@@ -222,3 +224,17 @@ def resize_and_init_new_embeddings(model: PreTrainedModel, old_tokenizer, new_to
             if bias is not None and bias.shape[0] == new_n:
                 bias[i] = bias[index].mean(0)
     return new_ids
+
+
+def build_objective(recipe: Recipe, tokenizer, device_type: str) -> MaskedLMObjective:
+    """The recipe's encoder inside its training objective. A checkpoint continued with an
+    extended vocabulary is loaded with its own tokenizer, then grown to the new one."""
+    seq = recipe.packing.max_seq_length
+    if recipe.model.model_name_or_path and recipe.tokenizer.extend_vocab_words:
+        base = load_tokenizer(resolve_path(recipe.tokenizer.tokenizer_name_or_path))
+        model = build_model(recipe.model, base, seq)
+        resize_and_init_new_embeddings(model, base, tokenizer)
+    else:
+        model = build_model(recipe.model, tokenizer, seq)
+    model.set_attn_implementation(recipe.model.attention_for(device_type, seq))
+    return MaskedLMObjective(model, sparse=recipe.model.sparse_prediction)

@@ -22,6 +22,7 @@ than memory packs in the memory of one batch.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -37,6 +38,8 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
+from mlm.cache import Processes, cached, digest
+from mlm.config import PackingConfig
 from mlm.errors import UserError
 from mlm.tokenizer import raw_backend, wordpiece_continuations
 
@@ -334,7 +337,7 @@ def pack(dataset: Dataset, tokenizer: PreTrainedTokenizerFast, max_seq_length: i
     if path is not None:
         return Dataset.from_file(str(path))
     # A random fingerprint: hashing the whole table (the default) costs ~3 % of packing, and
-    # the blocks are cached on disk under our own key (pretrain.prepare_data), not by datasets.
+    # the blocks are cached on disk under our own key (prepare_blocks), not by datasets.
     return Dataset(pa.concat_tables(tables), fingerprint=generate_random_fingerprint())
 
 
@@ -347,3 +350,31 @@ def _to_table(columns: dict[str, np.ndarray]) -> pa.Table:
         offsets = pa.array(np.arange(0, (n + 1) * L, L, dtype=np.int32))
         arrays.append(pa.ListArray.from_arrays(offsets, values))
     return pa.table(arrays, names=list(columns)).cast(FEATURES.arrow_schema)
+
+
+PACKING_VERSION = "v3"
+"""Bumped when packing changes what it writes, so old block caches are not reused."""
+
+
+def prepare_blocks(corpus, tokenizer: PreTrainedTokenizerFast, config: PackingConfig,
+                   corpus_key: str, cache_dir: str | Path,
+                   processes: Processes | None = None) -> tuple[Dataset, Dataset]:
+    """Train and validation blocks of the corpus (a DatasetDict), packed once and cached in
+    `cache_dir`, keyed by the corpus fingerprint, the tokenizer and the packing settings."""
+    tokenizer_key = digest(json.loads(tokenizer.backend_tokenizer.to_str()))
+    key = digest({"corpus": corpus_key, "tok": tokenizer_key, "len": config.max_seq_length,
+                  "packing": PACKING_VERSION, "respect": config.respect_document_boundaries})
+
+    def build(tmp: Path) -> None:
+        for split in ("train", "validation"):  # written as packed: memory holds one batch
+            pack(corpus[split], tokenizer, config.max_seq_length, config.num_proc,
+                 respect_document_boundaries=config.respect_document_boundaries,
+                 path=tmp / f"{split}.arrow", progress=f"pack {split}")
+
+    folder = cached(cache_dir, key, build, processes=processes)
+    return load_blocks(folder / "train.arrow"), load_blocks(folder / "validation.arrow")
+
+
+def load_blocks(path: str | Path) -> Dataset:
+    """Packed blocks written by prepare_blocks (an Arrow file, memory-mapped)."""
+    return Dataset.from_file(str(path))

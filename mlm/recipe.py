@@ -7,16 +7,15 @@ and any edit (or a touched input file) rebuilds what depends on it.
 from __future__ import annotations
 
 import glob
-import hashlib
 import importlib.resources
-import json
 from pathlib import Path
 
+from mlm.cache import digest
 from mlm.config import Recipe, SourceConfig, from_dict, load_yaml, to_dict
 from mlm.errors import UserError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "data_recipes" / "demo.yaml"
-CORPUS_VERSION = 2
+CORPUS_VERSION = 3
 """Bumped when the corpus pipeline changes what it writes, so old caches are not reused."""
 
 
@@ -92,10 +91,6 @@ def _relative(path: Path, root: Path) -> str:
         return path.name
 
 
-def _hash(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def corpus_fingerprint(recipe: Recipe) -> str:
     """Hash of the corpus-shaping settings and of every input file's size and mtime."""
     base = Path(recipe.path).parent if recipe.path else None
@@ -113,7 +108,7 @@ def corpus_fingerprint(recipe: Recipe) -> str:
         "privacy": to_dict(recipe.privacy),
         "dedup": to_dict(recipe.dedup),
     }
-    return _hash({"settings": settings, "files": stats, "version": CORPUS_VERSION})
+    return digest({"settings": settings, "files": stats, "version": CORPUS_VERSION})
 
 
 def fingerprint(recipe: Recipe) -> str:
@@ -121,4 +116,4 @@ def fingerprint(recipe: Recipe) -> str:
     parts = {k: to_dict(getattr(recipe, k)) for k in ("tokenizer", "packing", "masking", "model")}
     training = to_dict(recipe.training)
     training.pop("output_dir", None)
-    return _hash({"corpus": corpus_fingerprint(recipe), "parts": parts, "training": training})
+    return digest({"corpus": corpus_fingerprint(recipe), "parts": parts, "training": training})

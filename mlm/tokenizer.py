@@ -5,7 +5,9 @@ a Python list); on a corpus larger than memory, `max_train_documents` / `max_tra
 train on a seeded random sample streamed from the memory-mapped corpus, so the trainer's
 memory depends on the sample, not on the corpus. The result is wrapped as a
 `PreTrainedTokenizerFast` whose saved folder `AutoTokenizer.from_pretrained` loads with the
-right special tokens and post-processor.
+right special tokens and post-processor. WordPiece and BPE training are deterministic: one
+sample and one config give one tokenizer.json, whatever the folder or thread count (Unigram's
+trainer is not; see `train_tokenizer`).
 
 Extension (continued pretraining from a general checkpoint): `extend_tokenizer` adds the
 frequent domain words that an existing tokenizer shatters into the most pieces, as whole
@@ -33,8 +35,10 @@ from tokenizers import (
 )
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from mlm.config import TokenizerConfig
+from mlm.cache import Processes, cached, digest, file_digest
+from mlm.config import TokenizerConfig, to_dict
 from mlm.errors import UserError
+from mlm.recipe import resolve_path
 
 BERT_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
                  "sep_token": "[SEP]", "mask_token": "[MASK]"}
@@ -86,6 +90,26 @@ def sample_texts(texts: Iterable[str] | Dataset, max_documents: int | None = Non
         yield text
 
 
+def _continuation_pieces(texts: Iterable[str], normalizer: normalizers.Normalizer,
+                         pre_tokenizer: pre_tokenizers.PreTokenizer) -> list[str]:
+    """"##" + every character that follows another inside a word of `texts` (normalized and
+    pre-tokenized as the trainer does), sorted: the pieces WordPieceTrainer creates itself.
+
+    Exact and cheap: the pre-tokenizer always splits at spaces and newlines and the normalizers
+    act within such a chunk, so the distinct chunks of a batch are normalized at once, and each
+    character is classified once by the pre-tokenizer itself (word character, or not: a space
+    or a punctuation mark, which is a word of its own).
+    """
+    pairs: set[tuple[str, str]] = set()
+    for batch in _batches(texts):
+        chunks = {chunk for text in batch for chunk in text.replace("\n", " ").split(" ")}
+        flat = normalizer.normalize_str(" ".join(chunks))
+        pairs.update(zip(flat, flat[1:]))
+    in_word = {c: len(pre_tokenizer.pre_tokenize_str(f"a{c}a")) == 1
+               for c in {c for pair in pairs for c in pair}}
+    return sorted({"##" + b for a, b in pairs if in_word[a] and in_word[b]})
+
+
 def _normalizer(config: TokenizerConfig) -> normalizers.Normalizer:
     strip = config.lowercase if config.strip_accents is None else config.strip_accents
     steps = [normalizers.NFD(), normalizers.StripAccents()] if strip else [normalizers.NFC()]
@@ -98,7 +122,16 @@ def train_tokenizer(texts: Iterable[str] | Dataset, config: TokenizerConfig,
                     progress: bool = False) -> PreTrainedTokenizerFast:
     """Train a tokenizer of `config.tokenizer_kind` on `texts` (strings, or a Dataset with a
     `text` column), on the sample that `max_train_documents` / `max_train_bytes` allow.
-    `progress`: the tokenizers library's own progress bars (reading, then merging) on stderr."""
+    `progress`: the tokenizers library's own progress bars (reading, then merging) on stderr.
+
+    Same sample and config, same tokenizer.json (issue #17). WordPieceTrainer creates the "##"
+    piece of each character in hash-map order, so their ids, and the merges that tie in count
+    (ties go to the lower ids), changed from run to run (huggingface/tokenizers#1794). They are
+    therefore found first (`_continuation_pieces`, one more read of the sample) and passed as
+    special tokens, which the trainer numbers in order; they are then made plain vocabulary.
+    BPE (byte-level: no "##" pieces) is deterministic as is. Unigram is not, and cannot be made
+    so from here: its EM sums floats over words in hash-map order, and `finalize` numbers the
+    characters it re-adds in hash-set order."""
     kind = config.tokenizer_kind
     specials = ROBERTA_SPECIALS if kind == "bpe" else BERT_SPECIALS
     special_list = list(dict.fromkeys(specials.values()))
@@ -108,14 +141,21 @@ def train_tokenizer(texts: Iterable[str] | Dataset, config: TokenizerConfig,
             f"vocab_size {config.vocab_size} is too small for {kind}: it must exceed the special "
             f"tokens plus the base alphabet (at least {alphabet_floor})"
         )
+    bounds = (config.max_train_documents, config.max_train_bytes)
+    continuation: list[str] = []
     if kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
         tok.normalizer = _normalizer(config)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##")
+        if not isinstance(texts, Dataset) and iter(texts) is texts:
+            texts = list(sample_texts(texts, *bounds))  # a one-shot stream: its sample is read twice
+        continuation = _continuation_pieces(sample_texts(texts, *bounds), tok.normalizer,
+                                            tok.pre_tokenizer)
         trainer = trainers.WordPieceTrainer(
             vocab_size=config.vocab_size, min_frequency=config.min_frequency,
-            special_tokens=special_list, continuing_subword_prefix="##", show_progress=progress,
+            special_tokens=special_list + continuation, continuing_subword_prefix="##",
+            show_progress=progress,
         )
     elif kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=None))
@@ -136,8 +176,11 @@ def train_tokenizer(texts: Iterable[str] | Dataset, config: TokenizerConfig,
             vocab_size=config.vocab_size, special_tokens=special_list, unk_token="[UNK]",
             show_progress=progress,
         )
-    sample = sample_texts(texts, config.max_train_documents, config.max_train_bytes)
-    tok.train_from_iterator(_batches(sample), trainer=trainer)
+    tok.train_from_iterator(_batches(sample_texts(texts, *bounds)), trainer=trainer)
+    if continuation:  # plain vocabulary, not added tokens matched in the raw text
+        data = json.loads(tok.to_str())
+        data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] in special_list]
+        tok = Tokenizer.from_str(json.dumps(data))
     if tok.get_vocab_size() <= len(special_list):
         raise UserError("the tokenizer learned no vocabulary: the training text is empty")
     cls, sep = specials["cls_token"], specials["sep_token"]
@@ -148,8 +191,9 @@ def train_tokenizer(texts: Iterable[str] | Dataset, config: TokenizerConfig,
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **specials)
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a local tokenizer folder; it must be fast and have a mask token."""
+def load_tokenizer(path: str | Path, masked_lm: bool = True) -> PreTrainedTokenizerFast:
+    """Load a local tokenizer folder; it must be fast, and have a mask token for masked-LM
+    training (`masked_lm`). One without a pad token pads with its sep / eos / unk token."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"tokenizer folder not found: {path}")
@@ -159,8 +203,13 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
         raise UserError(f"{path}: cannot load a tokenizer ({exc})") from None
     if not tok.is_fast:
         raise UserError(f"{path}: a fast tokenizer (tokenizer.json) is required")
-    if tok.mask_token is None:
+    if masked_lm and tok.mask_token is None:
         raise UserError(f"{path}: the tokenizer has no mask token, so it cannot train an MLM")
+    if tok.pad_token is None:
+        filler = tok.sep_token or tok.eos_token or tok.unk_token
+        if filler is None:
+            raise UserError(f"{path}: the tokenizer has no pad, sep, eos or unk token to pad with")
+        tok.pad_token = filler
     return tok
 
 
@@ -271,8 +320,27 @@ def extend_tokenizer(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str], n
     return new
 
 
-def audit_main(argv: list[str] | None = None) -> int:
-    """`mlm-tokenizer-audit`: compare tokenizers on a corpus sample (see mlm.tokenizer_audit)."""
-    from mlm.tokenizer_audit import main
+def prepare_tokenizer(config: TokenizerConfig, train: Dataset, corpus_key: str,
+                      cache_dir: str | Path, processes: Processes | None = None
+                      ) -> PreTrainedTokenizerFast:
+    """The recipe's tokenizer: `tokenizer_name_or_path` as is, or extended with the domain
+    words it fragments, or trained on the corpus's `train` split. What is built is cached in
+    `cache_dir`, keyed by the corpus fingerprint and the settings (and the base tokenizer)."""
+    if config.tokenizer_name_or_path and not config.extend_vocab_words:
+        return load_tokenizer(resolve_path(config.tokenizer_name_or_path))
+    key = digest({"corpus": corpus_key, "tok": to_dict(config)})
 
-    return main(argv)
+    def build(tmp: Path) -> None:
+        if config.extend_vocab_words:
+            texts = sample_texts(train, config.max_train_documents, config.max_train_bytes)
+            tok = extend_tokenizer(base, texts, config.extend_vocab_words)
+        else:
+            tok = train_tokenizer(train, config, progress=True)  # streamed, sampled
+        tok.save_pretrained(str(tmp))
+
+    if config.extend_vocab_words:
+        base_dir = resolve_path(config.tokenizer_name_or_path)
+        base = load_tokenizer(base_dir)
+        key = "extended-" + digest({"corpus": corpus_key, "tok": to_dict(config),
+                                    "base": file_digest(base_dir / "tokenizer.json")})
+    return load_tokenizer(cached(cache_dir, key, build, processes=processes))

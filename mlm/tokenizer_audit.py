@@ -11,7 +11,6 @@ through the tokenizer's character offsets.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import re
 from collections import Counter
@@ -113,14 +112,11 @@ def corpus_texts(spec: str, max_documents: int | None = None) -> Iterator[str]:
         sources, base = recipe.sources, Path(spec).parent
     else:
         sources, base = [SourceConfig(path=spec)], None
-    # The corpus stage's reader evolves; call it with the format when it asks for one.
-    wants_format = "fmt" in inspect.signature(read_documents).parameters
     n = 0
     for source in sources:
         for path in source_files(source, base):
             fmt = source.format if source.format != "auto" else detect_format(path) or "txt"
-            args = (path, source, fmt) if wants_format else (path, source)
-            for item in read_documents(*args):
+            for item in read_documents(path, source, fmt):
                 if not isinstance(item, tuple):  # a skipped file or record
                     continue
                 if max_documents is not None and n >= max_documents:

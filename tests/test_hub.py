@@ -3,17 +3,22 @@
 The stand-in (tests/hub_server.py) answers huggingface_hub's real client on 127.0.0.1; the
 large-file path (LFS/Xet) is not exercised by it.
 """
+import dataclasses
+import fnmatch
 import json
+import math
 import socket
-import statistics
 import subprocess
 import sys
 import time
 
 import pytest
 
+from mlm.config import HubConfig
 from mlm.errors import UserError
-from mlm.hub import finetune_rows, main, push_to_hub, write_model_card
+from mlm.finetune.protocol import interval
+from mlm.finetune.results import FinetuneResults
+from mlm.hub import TEMPLATE, main, parser, push_to_hub, write_model_card
 from tests.conftest import REPO
 from tests.hub_server import HubServer
 
@@ -56,26 +61,25 @@ def test_push_download_load_and_card_matches_the_run(tiny_recipe, hub, tmp_path,
 
     from mlm.cli import train_main
 
-    # train_mlm.py --push_to_hub: pretrain a real tiny run, push it at the end (HF_ENDPOINT read at
-    # call time, the token given as a flag).
+    # train_mlm.py --push_to_hub: pretrain a real tiny run, push it at the end (HF_ENDPOINT and
+    # HF_TOKEN read at call time; the token is not a recipe setting).
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
     recipe = tiny_recipe(max_steps=4, eval_steps=2, logging_steps=1, save_steps=2, mixed_precision="no")
     assert train_main(["--recipe", str(recipe), "--hidden_size", "32", "--num_attention_heads", "2",
-                       "--push_to_hub", "--hub_model_id", "tester/tiny-mlm", "--hub_private_repo",
-                       "--hub_token", TOKEN]) == 0
+                       "--push_to_hub", "--hub_model_id", "tester/tiny-mlm", "--hub_private_repo"]) == 0
     out = tmp_path / "run"
-    # The token given as --hub_token is neither uploaded nor written anywhere in the run folder.
+    # The token is neither uploaded nor written anywhere in the run folder.
     assert TOKEN not in "".join(f.decode(errors="replace") for f in hub.files("tester/tiny-mlm").values())
     assert not [p for p in out.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert "hub_token" not in (out / "recipe.resolved.yaml").read_text()
     monkeypatch.delenv("HF_ENDPOINT")
-    # Fine-tuning results as mlm.finetune writes them (protocol.run_task / interval).
-    def interval(values):
-        return {"mean": statistics.fmean(values), "std": statistics.stdev(values), "n": len(values),
-                "ci95": [min(values), max(values)], "values": values}
-
+    monkeypatch.delenv("HF_TOKEN")
+    # Fine-tuning results as mlm.finetune writes them (protocol.run_task, with its interval).
     results = {"name": "demo", "models": [str(out), "random-init"], "tasks": [{
         "name": "bbc-topics", "task": "classification", "metric": "macro_f1",
-        "metrics": ["accuracy", "macro_f1"], "sizes": [100], "seeds": [42, 43, 44],
+        "metrics": ["accuracy", "macro_f1"], "models": [str(out), "random-init"], "sizes": [100],
+        "seeds": [42, 43, 44],
         "runs": [{"model": str(out), "train_size": 100, "seed": 42, "test": {"macro_f1": 0.6}}],
         "summary": {str(out): {"100": {"accuracy": interval([0.7, 0.72, 0.74]),
                                        "macro_f1": interval([0.6, 0.62, 0.64])}},
@@ -121,12 +125,13 @@ def test_push_download_load_and_card_matches_the_run(tiny_recipe, hub, tmp_path,
     val = [r["val_loss"] for r in rows if "val_loss" in r]
     train = [r["train_loss"] for r in rows if "train_loss" in r]
     assert summary["tokens_seen"] == 4 * 16 * 64
+    ours_ci, theirs_ci = interval([0.6, 0.62, 0.64])["ci95"], interval([0.4, 0.41, 0.42])["ci95"]
     for figure in (f"{summary['tokens_seen']:,} tokens", summary["recipe_fingerprint"],
                    f"{summary['num_parameters']:,} parameters", summary["hardware"],
                    f"{val[0]:.4f} → {val[-1]:.4f}", f"{train[0]:.4f} → {train[-1]:.4f}",
                    f"{summary['corpus']['documents']:,} documents",
-                   "| **this model** | 100 | macro_f1 | 0.6200 ± 0.0200 | [0.6000, 0.6400] | 3 |",
-                   "| random-init | 100 | macro_f1 | 0.4100 ± 0.0100 | [0.4000, 0.4200] | 3 |",
+                   f"| **this model** | 100 | macro_f1 | 0.6200 ± 0.0200 | [{ours_ci[0]:.4f}, {ours_ci[1]:.4f}] | 3 |",
+                   f"| random-init | 100 | macro_f1 | 0.4100 ± 0.0100 | [{theirs_ci[0]:.4f}, {theirs_ci[1]:.4f}] | 3 |",
                    "![learning curve bbc-topics](finetune/learning_curve_bbc-topics.png)",
                    "![training and validation loss](loss_curve.png)"):
         assert str(figure) in card.text, figure
@@ -157,7 +162,7 @@ def test_cli_push(hub, small_model, capsys):
     from huggingface_hub import ModelCard
 
     (small_model / "notes.txt").write_text("local notes")
-    code = main([str(small_model), "--hub_model_id", "tester/cli", "--hub_token", TOKEN,
+    code = main([str(small_model), "--hub_model_id", "tester/cli", "--token", TOKEN,
                  "--endpoint", hub.url, "--hub_private_repo", "--license", "mit", "--language", "en,fr",
                  "--ignore_patterns", "*.txt"])
     out = capsys.readouterr()
@@ -170,19 +175,21 @@ def test_cli_push(hub, small_model, capsys):
     assert hub.state.repos["tester/cli"].private
 
 
-def test_transient_errors_are_retried(hub, small_model, caplog):
-    hub.state.fail_next("/api/repos/create", 503, times=2)
-    hub.state.fail_next("/commit/", 502, times=1)  # huggingface_hub's own backoff (1 s)
-    url = push_to_hub(small_model, "tester/retry", token=TOKEN, endpoint=hub.url, backoff_s=0.01)
+def test_transient_errors_use_huggingface_hubs_retries(hub, small_model):
+    """huggingface_hub retries the upload's preupload call (http_backoff, 1 s); it does not retry
+    create_repo, whose 5xx becomes one line saying to try again."""
+    hub.state.fail_next("/preupload/", 503, times=1)
+    url = push_to_hub(small_model, "tester/retry", token=TOKEN, endpoint=hub.url)
     assert url.startswith(f"{hub.url}/tester/retry/commit/")
-    creates = [p for m, p in hub.state.requests if p == "/api/repos/create"]
-    assert len(creates) == 3
-    assert "retry 2/4" in caplog.text and TOKEN not in caplog.text
+    assert len([p for _, p in hub.state.requests if "/preupload/" in p]) == 2
+    hub.state.fail_next("/api/repos/create", 503, times=1)
+    with pytest.raises(UserError, match=r"tester/retry \(HTTP 503: injected failure\); try again later"):
+        push_to_hub(small_model, "tester/retry", token=TOKEN, endpoint=hub.url)
 
 
 def test_bad_token_is_one_clear_line_without_the_token(hub, small_model, capsys):
     secret = "hf_not_a_valid_secret_123"
-    code = main([str(small_model), "--hub_model_id", "tester/x", "--hub_token", secret,
+    code = main([str(small_model), "--hub_model_id", "tester/x", "--hub_token", secret,  # --token's alias
                  "--endpoint", hub.url])
     err = capsys.readouterr().err
     assert code == 2
@@ -198,14 +205,13 @@ def test_foreign_namespace_is_403(hub, small_model):
         push_to_hub(small_model, "someone-else/x", token=TOKEN, endpoint=hub.url)
 
 
-def test_server_down_fails_fast_after_bounded_retries(online, small_model):
+def test_server_down_fails_fast(online, small_model):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = time.perf_counter()
-    with pytest.raises(UserError, match=r"cannot reach the hub at http://127.0.0.1:\d+ after 3 attempts"):
-        push_to_hub(small_model, "tester/x", token=TOKEN, endpoint=f"http://127.0.0.1:{port}",
-                    max_retries=2, backoff_s=0.01)
+    with pytest.raises(UserError, match=r"cannot reach the hub at http://127.0.0.1:\d+ \(ConnectError\)"):
+        push_to_hub(small_model, "tester/x", token=TOKEN, endpoint=f"http://127.0.0.1:{port}")
     assert time.perf_counter() - start < 10
 
 
@@ -214,7 +220,7 @@ def test_offline_mode_is_a_clear_error_not_retried(small_model, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):
-        push_to_hub(small_model, "tester/x", token=TOKEN, endpoint="http://127.0.0.1:9", backoff_s=5)
+        push_to_hub(small_model, "tester/x", token=TOKEN, endpoint="http://127.0.0.1:9")
 
 
 def test_missing_folder_and_bad_input_are_user_errors(tmp_path, small_model):
@@ -224,6 +230,8 @@ def test_missing_folder_and_bad_input_are_user_errors(tmp_path, small_model):
         push_to_hub(tmp_path, "tester/x")
     with pytest.raises(UserError, match="not a repository id"):
         push_to_hub(small_model, "a/b/c")
+    with pytest.raises(UserError, match="no --hub_model_id"):
+        push_to_hub(small_model, None)  # mlm-push without the flag
     res = subprocess.run([sys.executable, "-m", "mlm.hub", str(tmp_path / "nope"), "--hub_model_id",
                           "tester/x"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.startswith("error: ") and "no such folder" in res.stderr
@@ -238,17 +246,41 @@ def test_handwritten_readme_is_kept(small_model):
     assert "## How to load" in (small_model / "README.md").read_text()
 
 
-def test_finetune_results_are_read_in_any_nesting():
-    rows = finetune_rows({"task": "bbc", "metric": "accuracy", "results": [
-        {"model": "m", "train_size": 50, "mean": 0.5, "std": 0.1, "scores": [0.4, 0.5, 0.6]}]})
-    assert rows == [{"task": "bbc", "model": "m", "size": 50, "metric": "accuracy", "mean": 0.5,
-                     "std": 0.1, "n": 3, "ci95": None, "main": True}]
-    nested = finetune_rows({"tasks": {"wnut": {"models": {"runs/demo": {"100": {
-        "f1": {"mean": 0.3, "std": 0.02, "n": 5}}}}}}})
-    assert [(r["task"], r["model"], r["size"], r["metric"], r["mean"]) for r in nested] == [
-        ("wnut", "runs/demo", "100", "f1", 0.3)]
-    ner = finetune_rows({"tasks": [{"name": "wnut16", "task": "ner", "metric": "f1", "summary": {
-        "runs/demo": {"all": {"f1": {"mean": 0.2, "std": 0.0, "n": 1}, "precision": {"mean": 0.4}}}}}]})
-    assert [(r["task"], r["task_type"], r["model"], r["size"], r["metric"], r["main"]) for r in ner] == [
-        ("wnut16", "ner", "runs/demo", "all", "f1", True),
-        ("wnut16", "ner", "runs/demo", "all", "precision", False)]
+def test_results_record_reads_what_protocol_writes(tmp_path):
+    """Each task's main metric per model and size, from the summary protocol.finetune writes
+    (interval() and json.dumps, NaN interval for one seed); another format is a UserError."""
+    path = tmp_path / "results.json"
+    task = {"name": "wnut16", "task": "ner", "metric": "f1", "models": ["runs/demo", "tfidf-logreg"],
+            "sizes": [50, 100], "summary": {m: {str(n): {"f1": interval([n / 1000 + d]), "precision":
+                                                          interval([0.9, 0.8])} for n in (50, 100)}
+                                            for m, d in (("runs/demo", 0.2), ("tfidf-logreg", 0.1))}}
+    path.write_text(json.dumps({"name": "s", "models": task["models"], "tasks": [task]}))
+    scores = FinetuneResults.from_json(path).scores
+    assert [(s.model, s.size, s.metric, round(s.mean, 3), s.n, s.ci95) for s in scores] == [
+        ("runs/demo", 50, "f1", 0.25, 1, None), ("runs/demo", 100, "f1", 0.3, 1, None),
+        ("tfidf-logreg", 50, "f1", 0.15, 1, None), ("tfidf-logreg", 100, "f1", 0.2, 1, None)]
+    assert all(s.task == "wnut16" and s.kind == "ner" and s.std == 0.0 for s in scores)
+    task["summary"]["runs/demo"]["100"]["f1"] = interval([0.3, 0.4])
+    path.write_text(json.dumps({"name": "s", "models": task["models"], "tasks": [task]}))
+    lo, hi = FinetuneResults.from_json(path).scores[1].ci95
+    assert math.isfinite(lo) and lo < 0.35 < hi
+    path.write_text(json.dumps({"task": "bbc", "results": [{"model": "m", "mean": 0.5}]}))
+    with pytest.raises(UserError, match="not a results.json written by mlm.finetune"):
+        FinetuneResults.from_json(path)
+
+
+def test_push_flags_come_from_hub_config_and_template_ships():
+    """mlm-push has one flag per HubConfig field (no second schema), and setup.cfg ships the card
+    template with the package."""
+    import configparser
+
+    from tests.conftest import REPO
+
+    flags = {o for a in parser()._actions for o in a.option_strings}
+    assert {f"--{f.name}" for f in dataclasses.fields(HubConfig)} <= flags and "token" not in str(
+        [f.name for f in dataclasses.fields(HubConfig)])
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    patterns = [p.strip() for p in cfg["options.package_data"]["mlm"].split(",")]
+    rel = TEMPLATE.relative_to(REPO / "mlm").as_posix()
+    assert TEMPLATE.is_file() and any(fnmatch.fnmatch(rel, p) for p in patterns)

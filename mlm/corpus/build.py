@@ -6,8 +6,8 @@ Three passes, none of which holds the texts in memory:
 2. decide: one sequential pass over the small columns makes the dedup, split and sampling
    decisions, keeping only the exact hashes, the LSH index and one small integer per row;
 3. write: the kept rows are selected (train upsampled by weight) and saved with `save_to_disk`.
-Everything is written under a temporary name and renamed when complete, so a killed run never
-leaves a half-written cache behind.
+Everything is written through `mlm.cache.cached`: under a temporary name, renamed when complete,
+so a killed run never leaves a half-written cache behind.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import datasets
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_from_disk
 
+from mlm.cache import Processes, cached
 from mlm.config import Recipe
 from mlm.corpus.clean import clean_text, drop_reason
 from mlm.corpus.dedup import Deduper, Signer, exact_hash, unit_interval
@@ -105,24 +106,20 @@ def _source_labels(recipe: Recipe) -> list[str]:
     return labels
 
 
-def _build(recipe: Recipe, final: Path, key: str) -> dict:
-    """Run the three passes into `final` (via a temporary folder); return the stats."""
+def _build(recipe: Recipe, dest: Path, key: str) -> dict:
+    """Run the three passes into the empty folder `dest`; return the stats."""
     quiet = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # our own summary instead; an error stays one line
     try:
-        return _passes(recipe, final, key)
+        return _passes(recipe, dest, key)
     finally:
         if not quiet:
             datasets.enable_progress_bars()
 
 
-def _passes(recipe: Recipe, final: Path, key: str) -> dict:
+def _passes(recipe: Recipe, dest: Path, key: str) -> dict:
     started = time.perf_counter()
-    tmp = final.parent / f".{final.name}.tmp"
-    staging = final.parent / f".{final.name}.staging"
-    for path in (tmp, staging):
-        shutil.rmtree(path, ignore_errors=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest / "staging"  # pass 1's rows; removed once the corpus is written
     tasks, dropped, warnings, files = _tasks(recipe)
     in_bytes = sum(Path(p).stat().st_size for _, p, _ in tasks)
     try:
@@ -219,7 +216,7 @@ def _passes(recipe: Recipe, final: Path, key: str) -> dict:
         "train": out.select(train_rows),
         "validation": out.select(np.flatnonzero(side == -1)),
     })
-    dataset.save_to_disk(str(tmp))
+    dataset.save_to_disk(str(dest))
     shutil.rmtree(staging, ignore_errors=True)
     seconds = time.perf_counter() - started
     for line in warnings[:MAX_WARNINGS]:
@@ -242,24 +239,20 @@ def _passes(recipe: Recipe, final: Path, key: str) -> dict:
                        "documents_per_s": round(n / max(seconds, 1e-9), 1)},
         "warnings": warnings[:1000],
     }
-    (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    (dest / "stats.json").write_text(json.dumps(stats, indent=2))
     return stats
 
 
-def build_corpus(recipe: Recipe, output_dir: str | Path) -> DatasetDict:
+def build_corpus(recipe: Recipe, output_dir: str | Path,
+                 processes: Processes | None = None) -> DatasetDict:
     """Read, clean, scrub, deduplicate and split the recipe's sources; cached in `output_dir`.
 
     The corpus lives in `output_dir/<corpus fingerprint>`; an unchanged recipe over unchanged
-    files loads it without doing any work.
+    files loads it without doing any work. Under a launch (`processes`) the main process builds.
     """
     key = corpus_fingerprint(recipe)
-    final = Path(output_dir) / key
-    if not (final / "stats.json").is_file():
-        _build(recipe, final, key)
-    return load_from_disk(str(final))
+    return load_from_disk(str(cached(output_dir, key, lambda tmp: _build(recipe, tmp, key),
+                                     processes=processes)))
 
 
 def write_corpus(recipe: Recipe, dest: str | Path) -> tuple[DatasetDict, dict, bool]:
@@ -268,7 +261,7 @@ def write_corpus(recipe: Recipe, dest: str | Path) -> tuple[DatasetDict, dict, b
     Returns the dataset, its stats and whether it was built (False: `dest` was up to date).
     A folder that exists and is not a corpus is never overwritten.
     """
-    dest = Path(dest)
+    dest = Path(dest).absolute()
     key = corpus_fingerprint(recipe)
     stats_file = dest / "stats.json"
     if stats_file.is_file():
@@ -277,10 +270,10 @@ def write_corpus(recipe: Recipe, dest: str | Path) -> tuple[DatasetDict, dict, b
             return load_from_disk(str(dest)), stats, False
     elif dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UserError(f"--output {dest} exists and is not a corpus folder; choose another")
-    if dest.is_dir() and not stats_file.is_file():
-        dest.rmdir()
-    stats = _build(recipe, dest, key)
-    return load_from_disk(str(dest)), stats, True
+    built = {}
+    cached(dest.parent, dest.name, lambda tmp: built.update(_build(recipe, tmp, key)),
+           rebuild=True)
+    return load_from_disk(str(dest)), built, True
 
 
 def load_corpus(path: str | Path) -> DatasetDict:

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from transformers import DataCollatorWithPadding
 
 from mlm.finetune.config import TrainConfig
 from mlm.finetune.data import TaskData, TextExample
@@ -97,11 +98,10 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
     model, tok = load_model(spec, first_folder, "classification", data.label_names, seed, cfg, data.multi_label)
     args = (data.label_names, data.multi_label, cfg.max_length, cfg.max_windows)
     train, val, test = (encode(tok, exs, *args) for exs in (subset, data.validation, data.test))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    bs = cfg.per_device_eval_batch_size
+    collator, bs = DataCollatorWithPadding(tok), cfg.per_device_eval_batch_size
 
     def score(feats):
-        logits, feats = per_document(predict_logits(model, feats, bs, pad, cfg.mixed_precision),
+        logits, feats = per_document(predict_logits(model, feats, bs, collator, cfg.mixed_precision),
                                      feats)
         refs = references(feats, data.multi_label)
         scores = classification_scores(decide(logits, data.multi_label), refs, data.multi_label)
@@ -114,7 +114,7 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
         weights = torch.tensor([len(train) / (len(counts) * counts[i]) if counts[i] else 0.0
                                 for i in range(len(data.label_names))], device=device_of(model))
         loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
-    result = fit(model, train, lambda: score(val)[0], metric, cfg, seed, pad, loss_fn)
+    result = fit(model, train, lambda: score(val)[0], metric, cfg, seed, collator, loss_fn)
     test_scores, preds = score(test)
     names = data.label_names
     predictions = [
@@ -122,7 +122,5 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
          "prediction": [n for n, v in zip(names, p) if v] if data.multi_label else [names[p]]}
         for ex, p in zip(data.test, preds)
     ]
-    best = result.history[result.best_epoch - 1]
-    validation = {k[4:]: v for k, v in best.items() if k.startswith("val_")}
-    return {"model": model, "tokenizer": tok, "fit": result, "validation": validation,
+    return {"model": model, "tokenizer": tok, "fit": result, "validation": result.validation,
             "test": test_scores, "predictions": predictions}

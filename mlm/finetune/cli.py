@@ -103,8 +103,7 @@ def push_finetuned(cfg: FinetuneConfig, results: dict) -> list[str]:
         repo = cfg.hub.hub_model_id
         if len(results["tasks"]) > 1:
             repo = f"{repo}-{_slug(task['name'])}"
-        urls.append(push_to_hub(folder, repo, token=cfg.hub.hub_token,
-                                private=cfg.hub.hub_private_repo, revision=cfg.hub.hub_revision))
+        urls.append(push_to_hub(folder, repo, private=cfg.hub.hub_private_repo, revision=cfg.hub.hub_revision))
     return urls
 
 

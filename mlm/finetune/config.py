@@ -170,11 +170,9 @@ class FinetuneConfig:
 
 
 @dataclass
-class FinetuneArgs:
-    """The sections that become CLI flags (names are unique across sections)."""
+class FinetuneArgs(TaskConfig):
+    """The sections that become CLI flags: a task's, plus run and hub (flag names are unique
+    across sections; `name` is not a section, so not a flag)."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    training: TrainConfig = field(default_factory=TrainConfig)
-    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     run: RunConfig = field(default_factory=RunConfig)
     hub: HubConfig = field(default_factory=HubConfig)

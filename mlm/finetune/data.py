@@ -8,9 +8,10 @@ from __future__ import annotations
 import csv
 import json
 import random
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sklearn.model_selection import train_test_split
 
 from mlm.errors import UserError
 from mlm.finetune.config import DataConfig
@@ -321,24 +322,17 @@ def stratified_order(keys: list[str], seed: int) -> list[int]:
 
 
 def carve(examples: list, size: int, seed: int, stratify: list[str] | None, what: str, source: str):
-    """Split `size` examples off `examples` (stratified on `stratify` when given) -> (rest, carved,
-    carved indices)."""
+    """Split `size` examples off `examples` with scikit-learn's seeded `train_test_split`
+    (stratified on `stratify` when given) -> (rest, carved, carved indices)."""
     if size < 1 or size >= len(examples):
         raise UserError(f"{source}: cannot carve {size} {what} examples out of {len(examples)}")
-    if stratify is None:
-        order = list(range(len(examples)))
-        random.Random(seed).shuffle(order)
-        picked = sorted(order[:size])
-    else:
-        counts = Counter(stratify)
-        rare = [k for k, c in counts.items() if c < 2]
-        if rare:
-            raise UserError(f"{source}: class '{rare[0]}' has {counts[rare[0]]} example; a stratified "
-                            f"{what} split needs at least 2 per class (give a {what} file instead)")
-        if size < len(counts):
-            raise UserError(f"{source}: a stratified {what} split of {size} cannot hold all "
-                            f"{len(counts)} classes; carve at least {len(counts)}")
-        picked = sorted(stratified_order(stratify, seed)[:size])
+    try:
+        _, picked = train_test_split(range(len(examples)), test_size=size, random_state=seed,
+                                     stratify=stratify)
+    except ValueError as exc:  # a class too rare, or more classes than either side can hold
+        raise UserError(f"{source}: cannot carve a stratified {what} split of {size} ({exc}); "
+                        f"give a {what} file instead") from None
+    picked = sorted(picked)
     chosen = set(picked)
     rest = [ex for i, ex in enumerate(examples) if i not in chosen]
     return rest, [examples[i] for i in picked], picked

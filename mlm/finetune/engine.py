@@ -21,13 +21,13 @@ from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
-    AutoTokenizer,
     get_linear_schedule_with_warmup,
 )
 
 from mlm.errors import UserError
 from mlm.finetune.config import DEMO_MODEL, TrainConfig
 from mlm.modeling import param_groups, quiet_transformers
+from mlm.tokenizer import load_tokenizer
 
 RANDOM_INIT = "random-init"
 TFIDF = "tfidf-logreg"
@@ -51,13 +51,6 @@ def check_model_folder(spec: str) -> Path:
     if not (path / "config.json").is_file():
         raise UserError(f"model '{spec}': not a model folder (no config.json)")
     return path
-
-
-def load_tokenizer(path: Path):
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot load its tokenizer ({exc})") from None
 
 
 def run_state():
@@ -103,35 +96,19 @@ def load_model(spec: str, first_folder: Path, task: str, label_names: list[str],
                                              ignore_mismatched_sizes=True)
     except (OSError, ValueError) as exc:
         raise UserError(f"model '{spec}': cannot be loaded for {task} ({exc})") from None
-    return model.to(device if device is not None else run_device()), load_tokenizer(folder)
+    return model.to(device if device is not None else run_device()), load_tokenizer(folder, masked_lm=False)
 
 
-def pad_batch(features: list[dict], pad_id: int) -> dict:
-    """Right-pad `input_ids` (and `labels` when they are per token) into tensors."""
-    width = max(len(f["input_ids"]) for f in features)
-    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(features), width), dtype=torch.long)
-    for i, f in enumerate(features):
-        ids[i, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
-        mask[i, : len(f["input_ids"])] = 1
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if "token_type_ids" in features[0]:
-        tt = torch.zeros((len(features), width), dtype=torch.long)
-        for i, f in enumerate(features):
-            tt[i, : len(f["token_type_ids"])] = torch.tensor(f["token_type_ids"])
-        batch["token_type_ids"] = tt
-    if "labels" in features[0]:
-        first = features[0]["labels"]
-        if isinstance(first, list) and first and isinstance(first[0], int):  # per token (NER)
-            labels = torch.full((len(features), width), -100, dtype=torch.long)
-            for i, f in enumerate(features):
-                labels[i, : len(f["labels"])] = torch.tensor(f["labels"])
-        elif isinstance(first, list):  # multi-hot floats (multi-label classification)
-            labels = torch.tensor([f["labels"] for f in features], dtype=torch.float)
-        else:
-            labels = torch.tensor([f["labels"] for f in features], dtype=torch.long)
-        batch["labels"] = labels
-    return batch
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+def collate(collator: Callable[[list[dict]], dict], features: list[dict], device: torch.device,
+            labels: bool = True) -> dict:
+    """A padded batch of the model's columns of `features` on `device`: the stock collator pads
+    what the model reads, and extra columns (a feature's `doc`, NER's `score`) stay behind."""
+    keys = MODEL_INPUTS + ("labels",) * labels
+    batch = collator([{k: f[k] for k in keys if k in f} for f in features])
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def autocast(precision: str, device: torch.device):
@@ -144,7 +121,7 @@ def device_of(model) -> torch.device:
 
 
 @torch.no_grad()
-def predict_logits(model, features: list[dict], batch_size: int, pad_id: int,
+def predict_logits(model, features: list[dict], batch_size: int, collator: Callable,
                    precision: str = "no") -> list[torch.Tensor]:
     """Logits per feature (unpadded: [num_labels] or [tokens, num_labels]), as float32 on CPU."""
     model.eval()
@@ -153,27 +130,55 @@ def predict_logits(model, features: list[dict], batch_size: int, pad_id: int,
     out: list[torch.Tensor | None] = [None] * len(features)
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size]
-        batch = pad_batch([{k: v for k, v in features[i].items() if k != "labels"} for i in idx], pad_id)
+        batch = collate(collator, [features[i] for i in idx], dev, labels=False)
         with autocast(precision, dev):
-            logits = model(**{k: v.to(dev, non_blocking=True) for k, v in batch.items()})
-        logits = logits.logits.float().cpu()
+            logits = model(**batch).logits.float().cpu()
+        mask = batch["attention_mask"].bool().cpu()
         for j, i in enumerate(idx):
-            out[i] = logits[j, : len(features[i]["input_ids"])] if logits.dim() == 3 else logits[j]
+            out[i] = logits[j][mask[j]] if logits.dim() == 3 else logits[j]
     return out
 
 
 @dataclass
 class FitResult:
+    """The validation history of a fit, and the two decisions drawn from it: which epoch is the
+    best (higher metric; on a tie, lower loss) and when to stop early."""
+
     best_score: float = -math.inf
     best_loss: float = math.inf
     best_epoch: int = 0
     epochs: int = 0
+    bad_epochs: int = 0
+    """Epochs in a row in which neither the metric nor the loss improved."""
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
+    def end_epoch(self, scores: dict, metric: str, train_loss: float = 0.0) -> bool:
+        """Record one epoch's validation `scores` (the metrics and "loss"); True when it is the
+        best epoch so far, whose weights the caller keeps."""
+        self.epochs += 1
+        self.history.append({"epoch": self.epochs, "train_loss": train_loss,
+                             **{f"val_{k}": v for k, v in scores.items()}})
+        better = scores[metric] > self.best_score or (
+            scores[metric] == self.best_score and scores["loss"] < self.best_loss)
+        if better:
+            self.best_score, self.best_epoch = scores[metric], self.epochs
+        self.bad_epochs = 0 if better or scores["loss"] < self.best_loss else self.bad_epochs + 1
+        self.best_loss = min(self.best_loss, scores["loss"])
+        return better
+
+    @property
+    def validation(self) -> dict:
+        """The best epoch's validation scores."""
+        return {k[4:]: v for k, v in self.history[self.best_epoch - 1].items() if k.startswith("val_")}
+
+    def should_stop(self, patience: int) -> bool:
+        """Early stopping: `patience` bad epochs in a row (0: never)."""
+        return bool(patience) and self.bad_epochs >= patience
+
 
 def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, cfg: TrainConfig,
-        seed: int, pad_id: int, loss_fn: Callable | None = None) -> FitResult:
+        seed: int, collator: Callable, loss_fn: Callable | None = None) -> FitResult:
     """Train with AdamW + linear warmup/decay; score on validation after every epoch (`evaluate`
     returns the metrics and "loss"); stop after `early_stopping_patience` epochs in which neither
     the metric nor the loss improved (a tiny model often sits on a plateau of constant predictions
@@ -185,17 +190,16 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
     total = max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
-    res, best_state, bad_epochs, step = FitResult(), None, 0, 0
+    res, best_state, step = FitResult(), None, 0
     dev = device_of(model)
-    while step < total:
+    while step < total and not res.should_stop(cfg.early_stopping_patience):
         model.train()
         perm = torch.randperm(len(features), generator=gen).tolist()
         losses = []
         for start in range(0, len(perm), bs):
             if step >= total:
                 break
-            batch = pad_batch([features[i] for i in perm[start: start + bs]], pad_id)
-            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            batch = collate(collator, [features[i] for i in perm[start: start + bs]], dev)
             with autocast(cfg.mixed_precision, dev):
                 if loss_fn is None:
                     loss = model(**batch).loss
@@ -209,23 +213,9 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())  # read once per epoch: no host sync per step
             step += 1
-        res.epochs += 1
-        scores = evaluate()
         train_loss = torch.stack(losses).float().mean().item() if losses else 0.0
-        res.history.append({"epoch": res.epochs, "train_loss": train_loss,
-                            **{f"val_{k}": v for k, v in scores.items()}})
-        better = scores[metric] > res.best_score or (
-            scores[metric] == res.best_score and scores["loss"] < res.best_loss)
-        if better:
-            res.best_score, res.best_epoch = scores[metric], res.epochs
+        if res.end_epoch(evaluate(), metric, train_loss):
             best_state = copy.deepcopy(model.state_dict())
-        if better or scores["loss"] < res.best_loss:
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-        res.best_loss = min(res.best_loss, scores["loss"])
-        if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
-            break
     if best_state is not None:
         model.load_state_dict(best_state)
     res.seconds = time.time() - t0

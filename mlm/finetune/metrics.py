@@ -10,20 +10,15 @@ import evaluate
 
 @cache
 def load_metric(name: str, config_name: str | None = None):
-    """One of the shipped metrics (accuracy, f1, seqeval), loaded from its local folder."""
+    """One of the shipped metrics (classification, seqeval), loaded from its local folder."""
     path = importlib.resources.files("mlm") / "metrics" / name
     return evaluate.load(str(path), config_name)
 
 
 def classification_scores(predictions, references, multi_label: bool = False) -> dict:
     """accuracy (subset accuracy when multi-label), macro_f1 and micro_f1."""
-    cfg = "multilabel" if multi_label else None
-    f1 = load_metric("f1", cfg)
-    return {
-        "accuracy": load_metric("accuracy", cfg).compute(predictions=predictions, references=references)["accuracy"],
-        "macro_f1": f1.compute(predictions=predictions, references=references, average="macro")["f1"],
-        "micro_f1": f1.compute(predictions=predictions, references=references, average="micro")["f1"],
-    }
+    metric = load_metric("classification", "multilabel" if multi_label else None)
+    return metric.compute(predictions=predictions, references=references)
 
 
 def ner_scores(predictions: list[list[str]], references: list[list[str]], strict: bool = False) -> dict:

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
+import mlm.finetune.baselines as baselines
+import mlm.finetune.classification as classification
+import mlm.finetune.ner as ner
 from mlm.config import check_ranges, to_dict
 from mlm.cpus import set_torch_threads
 from mlm.errors import UserError
-from mlm.finetune import baselines, classification, ner
 from mlm.finetune.config import FinetuneConfig, TaskConfig
 from mlm.finetune.data import TaskData, load_task, stratified_order
 from mlm.finetune.engine import RANDOM_INIT, TFIDF, check_model_folder, device_of, run_state

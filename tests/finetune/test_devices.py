@@ -10,17 +10,17 @@ import sys
 
 import pytest
 import torch
+from transformers import DataCollatorWithPadding
 
 from mlm.finetune import TrainConfig
 from mlm.finetune.engine import fit, load_model, predict_logits, run_device
 from tests.conftest import REPO
-from tests.test_finetune import bbc_csv, tiny_model, tokenizer  # noqa: F401  (fixtures)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_model_batches_and_autocast_share_the_device(tiny_model, device):  # noqa: F811
+def test_model_batches_and_autocast_share_the_device(tiny_model, device):
     """Every forward pass of fit and predict_logits sees its inputs on the model's device and
     bf16 autocast on for that device type (the old code autocast for CUDA while the model sat
     on the CPU)."""
@@ -37,15 +37,14 @@ def test_model_batches_and_autocast_share_the_device(tiny_model, device):  # noq
     model.register_forward_pre_hook(check, with_kwargs=True)
     feats = [{"input_ids": tok(t)["input_ids"], "labels": i % 2}
              for i, t in enumerate(["Shares rose.", "The match ended.", "Rates fell.", "A goal."])]
-    fit(model, feats, lambda: {"macro_f1": 0.0, "loss": 1.0}, "macro_f1", cfg, 0,
-        tok.pad_token_id)
-    predict_logits(model, [{"input_ids": f["input_ids"]} for f in feats], 2, tok.pad_token_id,
-                   "bf16")
+    collator = DataCollatorWithPadding(tok)
+    fit(model, feats, lambda: {"macro_f1": 0.0, "loss": 1.0}, "macro_f1", cfg, 0, collator)
+    predict_logits(model, feats, 2, collator, "bf16")
     assert len(seen) == 1 + 2  # one training step, two prediction batches
     assert all(s == (device, {device}, True) for s in seen), seen
 
 
-def test_default_device_is_accelerates(tiny_model):  # noqa: F811
+def test_default_device_is_accelerates(tiny_model):
     model, _ = load_model(str(tiny_model), tiny_model, "classification", ["a", "b"], 0,
                           TrainConfig())
     assert next(model.parameters()).device == run_device()
@@ -59,7 +58,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_share_the_runs(tmp_path, tiny_model, bbc_csv):  # noqa: F811
+def test_two_processes_share_the_runs(tmp_path, tiny_model, bbc_csv):
     """`accelerate launch` with 2 processes: each takes half of the runs, results.json holds
     all of them in order, one report, and the best model of each spec ends up in place."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",

