@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 
 from mlm.config import add_dataclass_arguments, apply_overrides
-from mlm.errors import UserError, command
+from mlm.errors import ArgumentParser, UserError, command
 
 
 def train_parser() -> argparse.ArgumentParser:
     """The parser of train_mlm.py: --recipe plus one flag per recipe setting."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="train_mlm.py",
         description="Pretrain a masked-language model from a data recipe: ingest the corpus, "
                     "train a tokenizer, pack blocks, pretrain with dynamic masking, save the model.",

@@ -1,6 +1,7 @@
 """User mistakes: one line on stderr and exit code 2, never a traceback."""
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable
@@ -38,3 +39,15 @@ def command(main: Callable[..., int]) -> Callable[..., int]:
             return 130
 
     return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for our commands: a mistake is one line (not the usage block) and exit code 2,
+    and a flag must be written in full (a misspelt flag is never taken for another one)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -22,7 +22,7 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import HFValidationError, httpx, validate_repo_id  # httpx: hub's HTTP client
 
 from mlm.config import HubConfig, add_dataclass_arguments, apply_overrides, section_fields
-from mlm.errors import UserError, command
+from mlm.errors import ArgumentParser, UserError, command
 from mlm.finetune.results import FinetuneResults
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -210,7 +210,7 @@ class PushArgs:
 
 def parser() -> argparse.ArgumentParser:
     """mlm-push's parser: the hub flags generated from HubConfig, plus the push-only arguments."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="mlm-push", description="Write a model card for a pretraining or fine-tuning output "
         "folder and upload it to a Hugging Face-compatible hub (checkpoints, caches and training "
         "state are left out).")

@@ -10,7 +10,6 @@ through the tokenizer's character offsets.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections import Counter
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlm.errors import UserError, command
+from mlm.errors import ArgumentParser, UserError, command
 
 WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -137,7 +136,7 @@ def _spread(texts: Iterable[str], max_documents: int) -> list[str]:
 @command
 def main(argv: list[str] | None = None) -> int:
     """Command line of mlm-tokenizer-audit."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="mlm-tokenizer-audit",
         description="Compare tokenizers on a corpus sample: fertility (tokens per word), "
                     "unknown-token rate, share of words split, most fragmented frequent words.")

@@ -60,6 +60,9 @@ def setup(tmp: Path) -> dict[str, Path]:
     files["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
     files["csv"] = tmp / "train.csv"
     files["csv"].write_text("title,body\nx,y\n")
+    files["model"] = tmp / "model"  # looks like a save_pretrained folder to mlm-push
+    files["model"].mkdir()
+    (files["model"] / "config.json").write_text("{}")
     files["conll"] = tmp / "train.conll"
     files["conll"].write_text("Paris B-LOC\nis\n")
     return files
@@ -102,8 +105,10 @@ def cases(f: dict[str, Path], tmp: Path) -> list[tuple[str, list[str]]]:
                                               "runs/nothing", "--train_file", str(f["jsonl"])]),
         ("fine-tuning learning rate 0", [*fine, "--train_file", str(f["jsonl"]),
                                          "--learning_rate", "0"]),
-        ("push without a repository id", [str(BIN / "mlm-push"), str(tmp)]),
-        ("push to a malformed repository id", [str(BIN / "mlm-push"), str(tmp),
+        ("push a folder that is not a model", [str(BIN / "mlm-push"), str(tmp),
+                                               "--hub_model_id", "team/model"]),
+        ("push without a repository id", [str(BIN / "mlm-push"), str(f["model"])]),
+        ("push to a malformed repository id", [str(BIN / "mlm-push"), str(f["model"]),
                                                "--hub_model_id", "bad id//x"]),
     ]
 
@@ -127,7 +132,8 @@ def main() -> int:
             if code != 2 or len(lines) != 1 or "Traceback" in " ".join(lines):
                 failures.append(f"{mistake}: exit {code}, {len(lines)} lines: {lines[-3:]}")
             cell = line.replace("|", "\\|")
-            rows.append(f"| {mistake} | {code} | `{cell}` |")
+            cell = f"`` {cell} ``" if "`" in cell else f"`{cell}`"
+            rows.append(f"| {mistake} | {code} | {cell} |")
     for failure in failures:
         print("FAIL", failure, file=sys.stderr)
     if not args.check:

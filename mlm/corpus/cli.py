@@ -17,7 +17,7 @@ from mlm.config import (
     apply_overrides,
     check_ranges,
 )
-from mlm.errors import command
+from mlm.errors import ArgumentParser, command
 
 
 @dataclass
@@ -30,13 +30,8 @@ class CorpusSections:
     dedup: DedupConfig = field(default_factory=DedupConfig)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
         prog="mlm-corpus",
         description="Build the corpus of a data recipe: read its sources, clean, scrub PII, "
                     "remove exact and near duplicates, split into train/validation, and write a "

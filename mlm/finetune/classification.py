@@ -93,7 +93,7 @@ def references(feats: list[dict], multi_label: bool):
 
 
 def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: TaskData, seed: int,
-        cfg: TrainConfig, metric: str) -> dict:
+        cfg: TrainConfig, metric: str, progress: str | None = None) -> dict:
     """Fine-tune `spec` on `subset`, pick the best epoch on validation, score the test set."""
     model, tok = load_model(spec, first_folder, "classification", data.label_names, seed, cfg, data.multi_label)
     args = (data.label_names, data.multi_label, cfg.max_length, cfg.max_windows)
@@ -114,7 +114,7 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
         weights = torch.tensor([len(train) / (len(counts) * counts[i]) if counts[i] else 0.0
                                 for i in range(len(data.label_names))], device=device_of(model))
         loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
-    result = fit(model, train, lambda: score(val)[0], metric, cfg, seed, collator, loss_fn)
+    result = fit(model, train, lambda: score(val)[0], metric, cfg, seed, collator, loss_fn, progress=progress)
     test_scores, preds = score(test)
     names = data.label_names
     predictions = [

@@ -10,14 +10,14 @@ import dataclasses
 from pathlib import Path
 
 from mlm.config import add_dataclass_arguments, apply_overrides, from_dict, load_yaml
-from mlm.errors import UserError, command
+from mlm.errors import ArgumentParser, UserError, command
 from mlm.finetune.config import DataConfig, FinetuneArgs, FinetuneConfig, TaskConfig
 
 DEMO_SUITE = Path(__file__).resolve().parent.parent.parent / "data_recipes" / "benchmarks" / "demo.yaml"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="finetune.py",
         description="Fine-tune encoders on labeled classification or NER data over several train sizes "
                     "and seeds, and compare them (mean ± std, 95 % intervals, learning curves). "

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -178,11 +179,13 @@ class FitResult:
 
 
 def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, cfg: TrainConfig,
-        seed: int, collator: Callable, loss_fn: Callable | None = None) -> FitResult:
+        seed: int, collator: Callable, loss_fn: Callable | None = None,
+        progress: str | None = None) -> FitResult:
     """Train with AdamW + linear warmup/decay; score on validation after every epoch (`evaluate`
     returns the metrics and "loss"); stop after `early_stopping_patience` epochs in which neither
     the metric nor the loss improved (a tiny model often sits on a plateau of constant predictions
-    for a few epochs before it starts learning); leave the best-metric epoch's weights loaded."""
+    for a few epochs before it starts learning); leave the best-metric epoch's weights loaded.
+    `progress`: the label of a progress bar (steps, epoch, validation metric); None for none."""
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
     bs = cfg.per_device_train_batch_size
@@ -192,6 +195,8 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     res, best_state, step = FitResult(), None, 0
     dev = device_of(model)
+    bar = tqdm(total=total, desc=progress, unit="step", disable=progress is None, leave=False,
+               mininterval=1.0)
     while step < total and not res.should_stop(cfg.early_stopping_patience):
         model.train()
         perm = torch.randperm(len(features), generator=gen).tolist()
@@ -213,9 +218,13 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())  # read once per epoch: no host sync per step
             step += 1
+            bar.update()
         train_loss = torch.stack(losses).float().mean().item() if losses else 0.0
-        if res.end_epoch(evaluate(), metric, train_loss):
+        scores = evaluate()
+        if res.end_epoch(scores, metric, train_loss):
             best_state = copy.deepcopy(model.state_dict())
+        bar.set_postfix(epoch=len(res.history), val=f"{scores.get(metric, float('nan')):.4f}")
+    bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     res.seconds = time.time() - t0

@@ -92,7 +92,7 @@ def word_predictions(logits: list[torch.Tensor], feats: list[dict], sentences: l
 
 
 def run(spec: str, first_folder: Path | None, subset: list[NerExample], data: TaskData, seed: int,
-        cfg: TrainConfig, metric: str) -> dict:
+        cfg: TrainConfig, metric: str, progress: str | None = None) -> dict:
     """Fine-tune `spec` on `subset`, pick the best epoch on validation (entity F1), score test."""
     model, tok = load_model(spec, first_folder, "ner", data.label_names, seed, cfg)
     args = (data.label_names, cfg.ner_max_length, cfg.doc_stride)
@@ -110,7 +110,7 @@ def run(spec: str, first_folder: Path | None, subset: list[NerExample], data: Ta
             torch.stack([x for x, _ in scored]), torch.tensor([y for _, y in scored])).item()
         return scores, preds
 
-    result = fit(model, train, lambda: score(val, data.validation)[0], metric, cfg, seed, collator)
+    result = fit(model, train, lambda: score(val, data.validation)[0], metric, cfg, seed, collator, progress=progress)
     test_scores, preds = score(test, data.test)
     predictions = [{"where": ex.where, "tokens": ex.tokens, "tags": ex.tags, "prediction": p}
                    for ex, p in zip(data.test, preds)]

@@ -132,7 +132,8 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
             extra = {"hyperparameters": out["hyperparameters"], "device": "cpu"}
         else:
             mod = classification if kind == "classification" else ner
-            out = mod.run(spec, first, subset, data, seed, task.training, metric)
+            label = None if cfg.run.quiet else f"{model_label(spec)} n={size} seed={seed}"
+            out = mod.run(spec, first, subset, data, seed, task.training, metric, progress=label)
             extra = {"best_epoch": out["fit"].best_epoch, "epochs": out["fit"].epochs,
                      "history": out["fit"].history, "device": str(device_of(out["model"]))}
         row = {"model": model_label(spec), "train_size": size, "seed": seed,

@@ -41,15 +41,18 @@ def test_early_stopping_waits_for_patience_epochs_without_metric_or_loss_gain(pa
     assert (stop.index(True) + 1 if True in stop else None) == stops_after
 
 
-def test_fit_stops_early_and_keeps_the_best_epochs_weights(tiny_model, bbc_csv):
+def test_fit_stops_early_and_keeps_the_best_epochs_weights(tiny_model, bbc_csv, capsys):
     """Real training on BBC articles: the run stops `patience` bad epochs after its last gain,
     and the model it returns scores on validation exactly what its best epoch scored."""
     data = load_task(DataConfig(train_file=str(bbc_csv["train"]), validation_file=str(bbc_csv["validation"]),
                                 test_file=str(bbc_csv["test"])))
     cfg = TrainConfig(num_train_epochs=40, early_stopping_patience=2, max_length=48, learning_rate=3e-3,
                       mixed_precision="no")
-    out = classification.run(str(tiny_model), tiny_model, data.train, data, 0, cfg, "macro_f1")
+    out = classification.run(str(tiny_model), tiny_model, data.train, data, 0, cfg, "macro_f1",
+                             progress="tiny n=all seed=0")
     res, history = out["fit"], out["fit"].history
+    bar = capsys.readouterr().err  # the run's progress bar: steps, epoch, validation score
+    assert "tiny n=all seed=0" in bar and "step" in bar and f"epoch={res.epochs}" in bar
     assert 2 < res.epochs < 40 and res.best_epoch < res.epochs
     last_gain = max(i for i, h in enumerate(history, 1)
                     if i == 1 or h["val_loss"] < min(x["val_loss"] for x in history[: i - 1])
