@@ -153,17 +153,23 @@ def tokenizer_threads_kept():
 
 def _byte_batches(dataset: Dataset, batch_bytes: int, column: str, item_bytes: int):
     """Arrow tables of consecutive rows of `dataset`, each about `batch_bytes` of `column`
-    (UTF-8 bytes of text, or list items times `item_bytes`)."""
+    (UTF-8 bytes of text, or list items times `item_bytes`): cut at the row that fills the
+    batch, so long documents do not make batches larger (one document larger than a batch is a
+    batch of its own)."""
     size, pending = 0, []
     for table in dataset.iter(batch_size=256):
         col = table.column(column)
         lengths = pc.list_value_length(col) if pa.types.is_list(col.type) else \
             pc.binary_length(col)
-        pending.append(table)
-        size += (pc.sum(lengths).as_py() or 0) * item_bytes
-        if size >= batch_bytes:
-            yield pa.concat_tables(pending)
-            size, pending = 0, []
+        start = 0
+        for row, n in enumerate(lengths.fill_null(0).to_numpy(zero_copy_only=False)):
+            size += int(n) * item_bytes
+            if size >= batch_bytes:
+                pending.append(table.slice(start, row + 1 - start))
+                yield pa.concat_tables(pending)
+                size, pending, start = 0, [], row + 1
+        if start < table.num_rows:
+            pending.append(table.slice(start))
     if pending:
         yield pa.concat_tables(pending)
 

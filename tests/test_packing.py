@@ -180,3 +180,38 @@ def test_word_starts_from_wordpiece_ids_match_word_ids(docs):
     assert blocks["input_ids"][:, 1:-1][body].tolist() == stream
     assert blocks["word_start"][:, 1:-1][body].astype(bool).tolist() == starts
     assert tok.mask_token_id in stream and "##" in "".join(tok.convert_ids_to_tokens(stream))
+
+
+
+def test_long_documents_give_the_tokenizers_ids(tok, docs):
+    """Documents of ~18 KB, several batches of them, with added tokens, accents, CJK and odd
+    spaces inside: the blocks hold exactly the ids and word starts of the tokenizer."""
+    glue = "  a [MASK] in  text,\n\n ##hash naïve café 東京 [SEP]x\t end "
+    texts = docs["text"]
+    long = Dataset.from_dict({"text": [glue.join(texts[i:i + 8]) for i in range(0, len(texts), 8)]})
+    assert min(len(t) for t in long["text"]) > 8000
+    blocks = arrays(pack(long, tok, L, batch_bytes=50_000))
+    stream, starts = [], []
+    for doc_ids, doc_starts in expected(tok, long):
+        stream += doc_ids + [tok.sep_token_id]
+        starts += doc_starts + [False]
+    body = blocks["attention_mask"][:, 1:-1] == 1
+    assert blocks["input_ids"][:, 1:-1][body].tolist() == stream
+    assert blocks["word_start"][:, 1:-1][body].astype(bool).tolist() == starts
+
+
+def test_batches_of_long_documents_stay_near_the_byte_budget():
+    """Batches are cut at the row that fills them: 10 KB documents in 25 KB batches come three
+    at a time (not 256), every row once and in order; a document over budget closes its batch."""
+    from datasets import Dataset
+
+    from mlm.packing import _byte_batches
+
+    texts = [f"{i:04d} " + "x" * 10_000 for i in range(40)] + ["y" * 100_000, "z"]
+    rows = Dataset.from_dict({"text": texts}).with_format("arrow")
+    batches = list(_byte_batches(rows, 25_000, "text", 1))
+    sizes = [b.num_rows for b in batches]
+    assert sizes[:13] == [3] * 13 and sum(sizes) == len(texts)
+    assert [t for b in batches for t in b.column("text").to_pylist()] == texts
+    big = next(b for b in batches if any(t.startswith("y") for t in b.column("text").to_pylist()))
+    assert big.num_rows == 2 and batches[-1].column("text").to_pylist() == ["z"]
