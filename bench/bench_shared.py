@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from demo_recipe import demo_recipe  # imports mlm, which sets GOMP_SPINCOUNT (mlm/__init__.py)
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-from demo_recipe import demo_recipe  # noqa: E402
 
 
 def start(recipe: Path, policy: str) -> subprocess.Popen:
@@ -55,7 +55,7 @@ def main() -> None:
         procs = [start(r, args.wait_policy) for r in recipes[1:]]
         both = [rate(p, tmp / name) for p, name in zip(procs, ("a", "b"))]
     policy = args.wait_policy if args.wait_policy != "default" else \
-        f"unset, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', '10000 (mlm default)')}"
+        f"unset, GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}"
     print(f"\n{os.cpu_count()} CPUs, OMP_WAIT_POLICY {policy}, demo recipe, "
           f"{args.steps} steps")
     print(f"  alone:           {alone:10,.0f} tokens/s")

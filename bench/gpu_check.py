@@ -27,10 +27,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 from demo_recipe import demo_recipe  # noqa: E402
+from torch.utils.benchmark import Timer  # noqa: E402
 
 from mlm.modeling import flops_per_token  # noqa: E402
 from mlm.pretrain import device_peak_flops, pretrain  # noqa: E402
@@ -41,18 +41,10 @@ RUNS = [("bert", 128, 256), ("modernbert", 128, 256), ("bert", 512, 64), ("moder
 
 
 def matmul_peak(n: int = 8192, reps: int = 10) -> float:
-    """bf16 dense matmul FLOP/s on random data, CUDA-event timed after warm-up."""
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        a @ b
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * n**3 * reps / (start.elapsed_time(end) / 1000)
+    """bf16 dense matmul FLOP/s on random data (torch.utils.benchmark: warm-up, then `reps`
+    products timed with the device synchronised)."""
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    return 2 * n**3 / Timer("a @ b", globals={"a": a, "b": b}).timeit(reps).mean
 
 
 def steady_rate(run_dir: Path, skip: int) -> float:

@@ -49,15 +49,15 @@ def check_ranges(obj: Any, where: str = "") -> None:
                 if dataclasses.is_dataclass(item):
                     check_ranges(item, f"{here}[{i}]")
         rng = f.metadata.get("range")
-        if rng is None or value is None or isinstance(value, bool) or \
-                not isinstance(value, (int, float)):
+        if rng is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         lo, hi, above, below = rng
         inside = math.isfinite(value) and \
             (lo is None or (value > lo if above else value >= lo)) and \
             (hi is None or (value < hi if below else value <= hi))
         if not inside:
-            flag = "" if "[" in here and not here.startswith("tasks[") else f" (--{f.name})"
+            # A section's fields are flags; those of a list item (a recipe's sources) are not.
+            flag = "" if where.endswith("]") else f" (--{f.name})"
             raise UserError(f"{here}{flag} = {value:g}: allowed {allowed_range(rng)}")
     if hasattr(obj, "check"):  # rules that tie fields together, beside them in the class
         obj.check()
@@ -329,15 +329,17 @@ class TrainingConfig:
 
     def train_batch_size(self, device_type: str) -> int:
         """per_device_train_batch_size, or its default for the device type."""
-        if self.per_device_train_batch_size is not None:
-            return self.per_device_train_batch_size
-        return DEVICE_DEFAULTS[_device_kind(device_type)]["per_device_train_batch_size"]
+        return self._or_device_default("per_device_train_batch_size", device_type)
 
     def loader_workers(self, device_type: str) -> int:
         """dataloader_num_workers, or its default for the device type."""
-        if self.dataloader_num_workers is not None:
-            return self.dataloader_num_workers
-        return DEVICE_DEFAULTS[_device_kind(device_type)]["dataloader_num_workers"]
+        return self._or_device_default("dataloader_num_workers", device_type)
+
+    def _or_device_default(self, name: str, device_type: str) -> int:
+        value = getattr(self, name)
+        if value is None:
+            value = DEVICE_DEFAULTS["cpu" if device_type == "cpu" else "gpu"][name]
+        return value
 
 
 DEVICE_DEFAULTS = {
@@ -345,10 +347,6 @@ DEVICE_DEFAULTS = {
     "gpu": {"per_device_train_batch_size": 64, "dataloader_num_workers": 4},
 }
 """Defaults that depend on the device (one source: TrainingConfig reads them)."""
-
-
-def _device_kind(device_type: str) -> str:
-    return "cpu" if device_type == "cpu" else "gpu"
 
 
 @dataclass

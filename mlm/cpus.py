@@ -38,7 +38,7 @@ def available_cpus() -> int:
     limit = cgroup_cpu_limit()
     if limit is not None:
         cpus = min(cpus, max(1, math.ceil(limit)))
-    return max(1, cpus)
+    return cpus
 
 
 def default_threads() -> int:
@@ -49,8 +49,8 @@ def default_threads() -> int:
 
 
 def set_torch_threads(requested: int | None) -> int:
-    """Set torch's intra-op threads (`requested`, or `default_threads()` when None or when
-    OMP_NUM_THREADS is unset); returns the number in use."""
+    """Set torch's intra-op threads: `requested`, or else `default_threads()` unless
+    OMP_NUM_THREADS is set (torch already follows it); returns the number in use."""
     import torch
 
     if requested:

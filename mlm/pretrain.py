@@ -136,6 +136,7 @@ class Run:
         self.stream = TrainStream(recipe, self.tokenizer, train_blocks, a)
         self.checkpoints = Checkpointer(recipe, a, self.engine, self.tokenizer)
         self.progress, initial = self.checkpoints.restore(resume_from)
+        self.engine.skipped += self.progress.nonfinite_total  # counted over the whole run
         self.loader = self.stream.loader(self.progress)
         first = self.validate(self.engine.objective)
         self.log = RunLog(a, self.out, self.progress.step if resume_from else None)  # opened last
@@ -143,7 +144,6 @@ class Run:
             self.log.validation(self.progress, first)
         self.first_val = first if initial is None else initial  # the run's step-0 loss
         self.last_val = self.first_val
-        self.nonfinite_before = self.progress.nonfinite_total
         self.clock = time.perf_counter() - self.progress.seconds
         self.done = self.progress.fraction(recipe) >= 1
 
@@ -161,8 +161,7 @@ class Run:
         p.advance(self.stream, time.perf_counter() - self.clock)
         checking = p.step % self.engine.check_every == 0
         if checking:
-            streak, skipped = self.engine.nonfinite_counts()
-            p.nonfinite_total = self.nonfinite_before + skipped
+            streak, p.nonfinite_total = self.engine.nonfinite_counts()
             if streak >= t.max_nonfinite_steps:
                 raise Stopped(_divergence_message(self.recipe, streak, p.step), 1)
         frac, stopping = p.fraction(self.recipe), signal_received is not None
@@ -180,7 +179,7 @@ class Run:
             self.log.validation(p, self.last_val)
         # Never while non-finite updates are going on: the weights may already be poisoned.
         if (self.checkpoints.due(p.step) and not self.engine.in_a_streak()) or stopping:
-            p.nonfinite_total = self.nonfinite_before + self.engine.nonfinite_counts()[1]
+            p.nonfinite_total = self.engine.nonfinite_counts()[1]
             self.checkpoints.save(p, self.first_val)
         self.clock += time.perf_counter() - pause  # validation and saving are not training
         if stopping:
@@ -192,12 +191,9 @@ class Run:
     def finish(self) -> None:
         """Save the model (gathered from every process), the loss curve and the run summary."""
         a = self.accelerator
-        state = model_state_dict(a, self.engine.objective)  # a collective under FSDP/DeepSpeed
+        save_model(a, self.engine.objective, self.tokenizer, self.out)
         if a.is_main_process:
             model = a.unwrap_model(self.engine.objective).model
-            with quiet_transformers():
-                model.save_pretrained(str(self.out), state_dict=state, safe_serialization=True)
-            self.tokenizer.save_pretrained(str(self.out))
             plot_loss_curve(self.out / "metrics.jsonl", self.out / "loss_curve.png",
                             title=self.recipe.name)
             _write_summary(self, model)
@@ -224,7 +220,7 @@ class Engine:
         self.objective, self.optimizer = accelerator.prepare(objective, optimizer)
         device = accelerator.device
         self.in_a_row = torch.zeros((), device=device)  # non-finite updates in a row
-        self.skipped = torch.zeros((), device=device)  # this session's non-finite updates
+        self.skipped = torch.zeros((), device=device)  # the run's non-finite updates
         self.check_every = max(1, min(t.logging_steps, t.max_nonfinite_steps))
         self.losses: list[torch.Tensor] = []
         self.lr = 0.0
@@ -262,7 +258,7 @@ class Engine:
             self.optimizer.step()
 
     def nonfinite_counts(self) -> tuple[int, int]:
-        """(non-finite updates in a row now, non-finite updates this session): one host sync."""
+        """(non-finite updates in a row now, non-finite updates in all): one host sync."""
         streak, total = (int(x) for x in torch.stack([self.in_a_row, self.skipped]).tolist())
         return streak, total
 
@@ -453,8 +449,8 @@ class RunBatches(Sampler):
 
 
 class IndexedBlocks(torch.utils.data.Dataset):
-    """Packed blocks fetched a batch at a time; each example carries its epoch and global batch
-    index (keys are (epoch, batch, row), as RunBatches yields them)."""
+    """Packed blocks fetched a batch at a time (keys are (epoch, global batch index, row), as
+    RunBatches yields them); a batch comes with its epoch and global batch index."""
 
     def __init__(self, rows: Dataset):
         self.rows = rows
@@ -462,13 +458,10 @@ class IndexedBlocks(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitems__(self, keys: list[tuple[int, int, int]]) -> list[dict]:
+    def __getitems__(self, keys: list[tuple[int, int, int]]) -> tuple[int, int, list[dict]]:
         batch = self.rows[[i for _, _, i in keys]]
-        return [{**{k: v[j] for k, v in batch.items()}, "epoch": keys[0][0],
-                 "batch_index": keys[0][1]} for j in range(len(keys))]
-
-    def __getitem__(self, key: tuple[int, int, int]) -> dict:
-        return self.__getitems__([key])[0]
+        examples = [{k: v[j] for k, v in batch.items()} for j in range(len(keys))]
+        return keys[0][0], keys[0][1], examples
 
 
 class SeededCollate:
@@ -480,12 +473,12 @@ class SeededCollate:
         self.collator = collator
         self.rate = torch.tensor([collator.mlm_probability], dtype=torch.float64).share_memory_()
 
-    def __call__(self, examples: list[dict]) -> dict:
-        self.collator.set_epoch(examples[0]["epoch"])
-        self.collator.set_step(examples[0]["batch_index"])
+    def __call__(self, batch: tuple[int, int, list[dict]]) -> dict:
+        epoch, batch_index, examples = batch
+        self.collator.set_epoch(epoch)
+        self.collator.set_step(batch_index)
         self.collator.set_mlm_probability(float(self.rate[0]))
-        return self.collator([{k: v for k, v in e.items() if k not in ("epoch", "batch_index")}
-                              for e in examples])
+        return self.collator(examples)
 
 
 def lr_factor(progress: float, warmup: float, kind: str) -> float:
@@ -582,12 +575,8 @@ class Checkpointer:
         def build(tmp: Path) -> None:  # on every process: saving state is a collective
             with quiet_transformers():
                 a.save_state(str(tmp / "training_state"))
-            state = model_state_dict(a, objective)
+            save_model(a, objective, self.tokenizer, tmp)
             if a.is_main_process:
-                with quiet_transformers():
-                    a.unwrap_model(objective).model.save_pretrained(
-                        str(tmp), state_dict=state, safe_serialization=True)
-                self.tokenizer.save_pretrained(str(tmp))
                 (tmp / "training_state" / "recipe.json").write_text(
                     json.dumps(to_dict(self.recipe), indent=1))
                 (tmp / "training_state" / "progress.json").write_text(json.dumps(
@@ -761,11 +750,16 @@ def _sharded(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def model_state_dict(accelerator: Accelerator, objective) -> dict:
-    """The full state dict of the inner `*ForMaskedLM`, through Accelerate (gathered from the
-    shards under FSDP/DeepSpeed). Every process must call it; only the main one gets tensors."""
+def save_model(accelerator: Accelerator, objective, tokenizer, folder: Path) -> None:
+    """The inner `*ForMaskedLM` and its tokenizer as a save_pretrained folder. The full state
+    dict comes through Accelerate (gathered from the shards under FSDP/DeepSpeed), so every
+    process must call this; the main one writes."""
     state = accelerator.get_state_dict(objective)
-    return {k[len("model."):]: v for k, v in (state or {}).items() if k.startswith("model.")}
+    if accelerator.is_main_process:
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        with quiet_transformers():
+            accelerator.unwrap_model(objective).model.save_pretrained(str(folder), state_dict=state)
+        tokenizer.save_pretrained(str(folder))
 
 
 def device_peak_flops(device: torch.device, mixed_precision: str) -> float | None:

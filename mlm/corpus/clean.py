@@ -57,16 +57,8 @@ class _TextOnly(MarkdownIt):
         return link
 
 
-_markdown_parser: _TextOnly | None = None
-
-
-def _markdown() -> _TextOnly:
-    global _markdown_parser
-    if _markdown_parser is None:  # built once per process
-        # html: HTML is recognised as such (and reduced to its text), not kept as literal tags.
-        _markdown_parser = _TextOnly("commonmark", {"html": True}).enable(
-            ["table", "strikethrough"])
-    return _markdown_parser
+# html: HTML is recognised as such (and reduced to its text), not kept as literal tags.
+_MARKDOWN = _TextOnly("commonmark", {"html": True}).enable(["table", "strikethrough"])
 
 
 def _written_as_is(children: list, i: int, j: int) -> bool:
@@ -121,7 +113,7 @@ def strip_markdown(text: str) -> str:
     text = _MD_FRONT_MATTER.sub("", text)
     out: list[str] = []
     cells: list[str] | None = None  # the table row being read
-    for token in _markdown().parse(text):
+    for token in _MARKDOWN.parse(text):
         kind = token.type
         if kind == "inline":
             line = _markdown_inline(token.children or [])
@@ -146,7 +138,7 @@ def strip_markdown(text: str) -> str:
 # reStructuredText: a line scanner for the blocks (explicit markup with its indented body,
 # literal blocks after "::", doctest blocks, section adornments), then one left-to-right regex
 # pass over each paragraph for inline markup, so the text of a literal is never read twice.
-_RST_EXPLICIT = re.compile(r"^([ \t]*)\.\.(?:[ \t]+(.*))?$")
+_RST_EXPLICIT = re.compile(r"[ \t]*\.\.(?:[ \t]+(.*))?$")
 _RST_DIRECTIVE = re.compile(r"([\w:+.-]+)::(?:[ \t]+(.*))?$")
 _RST_FOOTNOTE = re.compile(r"\[[^\]]+\][ \t]*(.*)$")
 _RST_OPTION = re.compile(r"^:[\w-][\w .-]*:(?:[ \t]|$)")
@@ -249,10 +241,10 @@ def strip_rst(text: str) -> str:
         elif para:
             para.append(line)
         elif (explicit := _RST_EXPLICIT.match(line)) is not None:
-            if explicit.group(2) or (i + 1 < len(lines) and lines[i + 1].strip()):
+            if explicit.group(1) or (i + 1 < len(lines) and lines[i + 1].strip()):
                 end = _block_end(lines, i + 1, indent)  # (a bare ".." owns no following block)
             body = textwrap.dedent("\n".join(lines[i + 1:end]))
-            out.append(_rst_explicit((explicit.group(2) or "").strip(), body))
+            out.append(_rst_explicit((explicit.group(1) or "").strip(), body))
         elif line.lstrip().startswith(">>>"):  # a doctest block, verbatim to the blank line
             end = next((k for k in range(i, len(lines)) if not lines[k].strip()), len(lines))
             out.append(textwrap.dedent("\n".join(lines[i:end])))

@@ -70,10 +70,17 @@ _PLACEHOLDER_WORDS = frozenset(
 _PLACEHOLDER_NAME = re.compile(
     r"(?:my|your|our|the|some|example|dummy|fake|test)?[ _.-]?"
     r"(?:secret|pass|password|passwd|pwd|token|key|api[ _.-]?key|value)s?\d?", re.I)
+_PLACEHOLDER_SPLIT = re.compile(r"[-_. ]")
 _URL_LOGIN_BEFORE = re.compile(r"://(?:[^\s/@:]*:)?$")
+# how `_assigned_secret` tells code from a literal value
+_BRACKET = re.compile(r"[()\[\]{}]")
+_NAME = re.compile(r"[A-Za-z_][\w.]*")
+_NUMBER = re.compile(r"[\d.,_eE+-]+")
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")
 # digits inside a float (5.5511151231257827e-017) or a longer run are not a card
 _CARD = re.compile(r"\d(?<![\d.,+-]\d)(?:[ -]?\d){12,18}(?![\d-]|[.,]\d|[eE][-+]?\d)")
+_CARD_FIRST_GROUP = re.compile(r"\d{4}\D")
+_NON_DIGIT = re.compile(r"\D")
 _IBAN = re.compile(
     r"[A-Z](?<![\w][A-Z])[A-Z]\d\d(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?)\b")
 # Length of the IBAN of each country (SWIFT IBAN registry, as python-stdnum 2.2 ships it).
@@ -150,10 +157,10 @@ def _card_issuer(digits: str) -> bool:
 
 def _card(match: re.Match) -> str | None:
     text = match.group(0)
-    digits = re.sub(r"\D", "", text)
-    seps = set(re.findall(r"[ -]", text))
+    digits = _NON_DIGIT.sub("", text)
+    seps = set(text) - set(digits)  # the match holds digits, " " and "-"
     # one kind of separator, and a first group of 4 as on every card
-    if len(seps) > 1 or not 13 <= len(digits) <= 19 or seps and not re.match(r"\d{4}\D", text):
+    if len(seps) > 1 or not 13 <= len(digits) <= 19 or seps and not _CARD_FIRST_GROUP.match(text):
         return None
     if _card_issuer(digits) and luhn_valid(digits):
         return "[CREDIT_CARD]"
@@ -209,7 +216,7 @@ def _phone(match: re.Match) -> str | None:
 
 def ssn_valid(ssn: str) -> bool:
     """A US SSN of a range ever issued: not area 000, 666 or 9xx, group 00 or serial 0000."""
-    digits = re.sub(r"\D", "", ssn)
+    digits = _NON_DIGIT.sub("", ssn)
     return (len(digits) == 9 and digits[:3] not in ("000", "666") and digits[0] != "9"
             and digits[3:5] != "00" and digits[5:] != "0000")
 
@@ -247,7 +254,7 @@ def _placeholder(value: str) -> bool:
     """A stand-in for a secret in documentation: `hf_...`, `<token>`, `${PASS}`, `my-secret-key`."""
     if _PLACEHOLDER.search(value) or _PLACEHOLDER_NAME.fullmatch(value):
         return True
-    words = re.split(r"[-_. ]", value.lower())
+    words = _PLACEHOLDER_SPLIT.split(value.lower())
     return "".join(words).isalpha() and any(w in _PLACEHOLDER_WORDS for w in words)
 
 
@@ -271,12 +278,12 @@ def _assigned_secret(match: re.Match) -> str | None:
     if sep == "=" and (name.isupper() or match.string[match.start() - 1:match.start()] in ("?", "&", "-")):
         return f"{name}{sep}[SECRET]"
     end = match.end()
-    if re.search(r"[()\[\]{}]", bare) or end < len(match.string) and match.string[end] in "([":
+    if _BRACKET.search(bare) or end < len(match.string) and match.string[end] in "([":
         return None
-    if re.fullmatch(r"[A-Za-z_][\w.]*", bare):
+    if _NAME.fullmatch(bare):
         if "_" in bare or "." in bare or bare.isalpha() or bare[1:].isdigit():
             return None
-    elif re.fullmatch(r"[\d.,_eE+-]+", bare):
+    elif _NUMBER.fullmatch(bare):
         return None
     return f"{name}{sep}[SECRET]"
 

@@ -117,13 +117,11 @@ def read_documents(path: Path, source: SourceConfig, fmt: str) -> Iterator[tuple
             return
         raise UserError(f"{path}:{exc.line}: not valid {source.encoding} ({exc.reason}); "
                         "set `encoding`, or `errors: replace` or `skip`") from None
-    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+    except Exception as exc:  # zstandard.ZstdError and friends: a corrupt compressed file too
+        if not isinstance(exc, (OSError, EOFError, lzma.LZMAError, zlib.error)) \
+                and not type(exc).__module__.startswith("zstandard"):
+            raise
         yield _unreadable(path, source, exc)
-    except Exception as exc:  # zstandard.ZstdError and friends: a corrupt compressed file
-        if type(exc).__module__.startswith("zstandard"):
-            yield _unreadable(path, source, exc)
-            return
-        raise
 
 
 def _unreadable(path: Path, source: SourceConfig, exc: Exception) -> Skip:

@@ -20,41 +20,28 @@ from transformers import DataCollatorWithPadding
 
 from mlm.finetune.config import TrainConfig
 from mlm.finetune.data import TaskData, TextExample
-from mlm.finetune.engine import device_of, fit, load_model, predict_logits
+from mlm.finetune.engine import device_of, fit, load_model, once, predict_logits
 from mlm.finetune.metrics import classification_scores
-
-
-def windows(tokenizer, texts: list[str], max_length: int, max_windows: int) -> list[list[list[int]]]:
-    """Each text as up to `max_windows` consecutive windows of at most `max_length` token ids,
-    special tokens included (the fast tokenizer's overflow windows, without overlap)."""
-    enc = tokenizer(texts, truncation=True, max_length=max_length, return_overflowing_tokens=True)
-    out: list[list[list[int]]] = [[] for _ in texts]
-    for ids, doc in zip(enc["input_ids"], enc["overflow_to_sample_mapping"]):
-        if len(out[doc]) < max_windows:
-            out[doc].append(ids)
-    return out
 
 
 def encode(tokenizer, examples: list[TextExample], label_names: list[str], multi_label: bool,
            max_length: int, max_windows: int = 1) -> list[dict]:
-    """Token ids (truncated to max_length, or cut into windows) plus the label id, or a
-    multi-hot float vector, and `doc`: the index of the example a feature comes from."""
+    """Token ids (truncated to max_length, or cut into up to `max_windows` consecutive windows:
+    the fast tokenizer's overflow windows, without overlap) plus the label id, or a multi-hot
+    float vector, and `doc`: the index of the example a feature comes from."""
     index = {n: i for i, n in enumerate(label_names)}
     pairs = [ex.pair for ex in examples] if any(ex.pair is not None for ex in examples) else None
-    if max_windows > 1 and not pairs:
-        per_doc = windows(tokenizer, [ex.text for ex in examples], max_length, max_windows)
-        rows = [(i, {"input_ids": w}) for i, ws in enumerate(per_doc) for w in ws]
-    else:
-        enc = tokenizer([ex.text for ex in examples], [p or "" for p in pairs] if pairs else None,
-                        truncation=True, max_length=max_length)
-        rows = []
-        for i in range(len(examples)):
-            f = {"input_ids": enc["input_ids"][i]}
-            if pairs and "token_type_ids" in enc:
-                f["token_type_ids"] = enc["token_type_ids"][i]
-            rows.append((i, f))
-    feats = []
-    for i, f in rows:
+    overflow = max_windows > 1 and not pairs  # sentence pairs are always truncated
+    enc = tokenizer([ex.text for ex in examples], [p or "" for p in pairs] if pairs else None,
+                    truncation=True, max_length=max_length, return_overflowing_tokens=overflow)
+    docs = enc["overflow_to_sample_mapping"] if overflow else range(len(examples))
+    columns = ["input_ids"] + (["token_type_ids"] if pairs and "token_type_ids" in enc else [])
+    feats, windows = [], Counter()
+    for k, i in enumerate(docs):
+        windows[i] += 1
+        if windows[i] > max_windows:
+            continue
+        f = {c: enc[c][k] for c in columns}
         ex = examples[i]
         if multi_label:
             f["labels"] = [1.0 if n in ex.labels else 0.0 for n in label_names]
@@ -93,20 +80,24 @@ def references(feats: list[dict], multi_label: bool):
 
 
 def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: TaskData, seed: int,
-        cfg: TrainConfig, metric: str, progress: str | None = None) -> dict:
-    """Fine-tune `spec` on `subset`, pick the best epoch on validation, score the test set."""
+        cfg: TrainConfig, metric: str, progress: str | None = None, cache: dict | None = None) -> dict:
+    """Fine-tune `spec` on `subset`, pick the best epoch on validation, score the test set.
+    `cache`: one per task, to encode its validation and test sets once per tokenizer."""
     model, tok = load_model(spec, first_folder, "classification", data.label_names, seed, cfg, data.multi_label)
     args = (data.label_names, data.multi_label, cfg.max_length, cfg.max_windows)
-    train, val, test = (encode(tok, exs, *args) for exs in (subset, data.validation, data.test))
+    train = encode(tok, subset, *args)
+    val, test = once(cache, tok.name_or_path,
+                       lambda: (encode(tok, data.validation, *args), encode(tok, data.test, *args)))
     collator, bs = DataCollatorWithPadding(tok), cfg.per_device_eval_batch_size
 
     def score(feats):
         logits, feats = per_document(predict_logits(model, feats, bs, collator, cfg.mixed_precision),
                                      feats)
         refs = references(feats, data.multi_label)
-        scores = classification_scores(decide(logits, data.multi_label), refs, data.multi_label)
+        preds = decide(logits, data.multi_label)
+        scores = classification_scores(preds, refs, data.multi_label)
         scores["loss"] = validation_loss(torch.stack(logits), refs, data.multi_label)
-        return scores, decide(logits, data.multi_label)
+        return scores, preds
 
     loss_fn = None
     if cfg.class_weights and not data.multi_label:

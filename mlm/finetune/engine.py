@@ -121,6 +121,15 @@ def device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def once(cache: dict | None, key, make: Callable):
+    """`make()`, computed once per `key` when a `cache` is given (None: every time)."""
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
 @torch.no_grad()
 def predict_logits(model, features: list[dict], batch_size: int, collator: Callable,
                    precision: str = "no") -> list[torch.Tensor]:
@@ -148,7 +157,6 @@ class FitResult:
     best_score: float = -math.inf
     best_loss: float = math.inf
     best_epoch: int = 0
-    epochs: int = 0
     bad_epochs: int = 0
     """Epochs in a row in which neither the metric nor the loss improved."""
     history: list[dict] = field(default_factory=list)
@@ -157,8 +165,7 @@ class FitResult:
     def end_epoch(self, scores: dict, metric: str, train_loss: float = 0.0) -> bool:
         """Record one epoch's validation `scores` (the metrics and "loss"); True when it is the
         best epoch so far, whose weights the caller keeps."""
-        self.epochs += 1
-        self.history.append({"epoch": self.epochs, "train_loss": train_loss,
+        self.history.append({"epoch": self.epochs + 1, "train_loss": train_loss,
                              **{f"val_{k}": v for k, v in scores.items()}})
         better = scores[metric] > self.best_score or (
             scores[metric] == self.best_score and scores["loss"] < self.best_loss)
@@ -167,6 +174,11 @@ class FitResult:
         self.bad_epochs = 0 if better or scores["loss"] < self.best_loss else self.bad_epochs + 1
         self.best_loss = min(self.best_loss, scores["loss"])
         return better
+
+    @property
+    def epochs(self) -> int:
+        """Epochs trained (and validated)."""
+        return len(self.history)
 
     @property
     def validation(self) -> dict:
@@ -223,7 +235,7 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
         scores = evaluate()
         if res.end_epoch(scores, metric, train_loss):
             best_state = copy.deepcopy(model.state_dict())
-        bar.set_postfix(epoch=len(res.history), val=f"{scores.get(metric, float('nan')):.4f}")
+        bar.set_postfix(epoch=res.epochs, val=f"{scores[metric]:.4f}")
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)

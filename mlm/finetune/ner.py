@@ -18,7 +18,7 @@ from transformers import DataCollatorForTokenClassification
 from mlm.errors import UserError
 from mlm.finetune.config import TrainConfig
 from mlm.finetune.data import NerExample, TaskData
-from mlm.finetune.engine import fit, load_model, predict_logits
+from mlm.finetune.engine import fit, load_model, once, predict_logits
 from mlm.finetune.metrics import ner_scores
 
 
@@ -92,12 +92,14 @@ def word_predictions(logits: list[torch.Tensor], feats: list[dict], sentences: l
 
 
 def run(spec: str, first_folder: Path | None, subset: list[NerExample], data: TaskData, seed: int,
-        cfg: TrainConfig, metric: str, progress: str | None = None) -> dict:
-    """Fine-tune `spec` on `subset`, pick the best epoch on validation (entity F1), score test."""
+        cfg: TrainConfig, metric: str, progress: str | None = None, cache: dict | None = None) -> dict:
+    """Fine-tune `spec` on `subset`, pick the best epoch on validation (entity F1), score test.
+    `cache`: one per task, to encode its validation and test sets once per tokenizer."""
     model, tok = load_model(spec, first_folder, "ner", data.label_names, seed, cfg)
     args = (data.label_names, cfg.ner_max_length, cfg.doc_stride)
     train = encode(tok, subset, *args, label_all_tokens=cfg.label_all_tokens)
-    val, test = encode(tok, data.validation, *args), encode(tok, data.test, *args)
+    val, test = once(cache, tok.name_or_path,
+                       lambda: (encode(tok, data.validation, *args), encode(tok, data.test, *args)))
     collator, bs = DataCollatorForTokenClassification(tok), cfg.per_device_eval_batch_size
     index = {n: i for i, n in enumerate(data.label_names)}
 

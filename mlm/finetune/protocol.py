@@ -117,12 +117,15 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
     rank, world = state.process_index, state.num_processes
     jobs = [(seed, size, spec) for seed in seeds for size in sizes for spec in models]
     task_dir = out_dir / "models" / _slug(task.name)
-    stage_dir = task_dir if world == 1 else task_dir / f".rank{rank}"
-    runs, best_val, cache, orders = [], {}, {}, {}
+    # save_models "best": each process keeps its own best per spec in a staging folder until the
+    # gather picks the best of all; "all" folders are one per run, so no two processes share one
+    staged = world > 1 and cfg.run.save_models == "best"
+    stage_dir = task_dir / f".rank{rank}" if staged else task_dir
+    runs, best_val, cache, encoded, orders = [], {}, {}, {}, {}
     for index in range(rank, len(jobs), world):
         seed, size, spec = jobs[index]
         if seed not in orders:
-            orders[seed] = stratified_order([ex.labels[0] if strat else "" for ex in data.train], seed) \
+            orders[seed] = stratified_order([ex.labels[0] for ex in data.train], seed) \
                 if strat else random.Random(seed).sample(range(len(data.train)), len(data.train))
         subset = [data.train[i] for i in orders[seed][:size]]
         t0 = time.time()
@@ -133,7 +136,8 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
         else:
             mod = classification if kind == "classification" else ner
             label = None if cfg.run.quiet else f"{model_label(spec)} n={size} seed={seed}"
-            out = mod.run(spec, first, subset, data, seed, task.training, metric, progress=label)
+            out = mod.run(spec, first, subset, data, seed, task.training, metric, progress=label,
+                          cache=encoded)
             extra = {"best_epoch": out["fit"].best_epoch, "epochs": out["fit"].epochs,
                      "history": out["fit"].history, "device": str(device_of(out["model"]))}
         row = {"model": model_label(spec), "train_size": size, "seed": seed,
@@ -181,12 +185,6 @@ def _gather_runs(runs: list, best_val: dict, task_dir: Path, state) -> tuple[lis
             Path(folder).rename(final)
             merged[spec] = (score, final)
         for stage in task_dir.glob(".rank*"):
-            if not merged:  # save_models "all": every run keeps its folder
-                for run_dir in stage.glob("*/*"):
-                    target = task_dir / run_dir.parent.name / run_dir.name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.rmtree(target, ignore_errors=True)
-                    run_dir.rename(target)
             shutil.rmtree(stage, ignore_errors=True)
     state.wait_for_everyone()
     return runs, merged
