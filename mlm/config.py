@@ -68,16 +68,19 @@ class SourceConfig:
     path: str
     """A file, a directory (read recursively), a glob, or `pkg://package/sub/path` for data
     shipped inside an installed Python package."""
-    format: Literal["auto", "txt", "md", "rst", "html", "jsonl", "csv", "tsv", "parquet"] = "auto"
-    """txt | md | rst | html | jsonl | csv | tsv | parquet, or auto (from the file extension; a
-    .gz, .bz2, .xz or .zst ending is decompressed first, e.g. notes.jsonl.zst)."""
+    format: Literal["auto", "txt", "md", "rst", "html", "jsonl", "csv", "tsv", "parquet", "conll"] = "auto"
+    """txt | md | rst | html | jsonl | csv | tsv | parquet | conll, or auto (from the file
+    extension; a .gz, .bz2, .xz or .zst ending is decompressed first, e.g. notes.jsonl.zst).
+    conll (never auto): one token per line, first column, blank lines between sentences; a
+    document is a sentence, its tokens joined by spaces (the text of a labeled NER file)."""
     text_field: str | list[str] | None = None
     """Field (jsonl) or column (csv/parquet) holding the text; several are joined by a blank line."""
     document: Literal["file", "paragraph", "line"] = "file"
     """What one document is in a text file: the whole file, each paragraph, or each line."""
     exclude_from: str | None = None
     """A text file listing paths (relative to `path`) to leave out, one per line; e.g. the test
-    articles of a labeled task, so they never enter pretraining."""
+    articles of a labeled task, so they never enter pretraining. An entry `file:LINE` leaves
+    out one document: the line (`document: line`), record or CoNLL sentence starting there."""
     encoding: str = "utf-8"
     """Text encoding of the files."""
     errors: Literal["replace", "skip", "fail"] = "replace"
@@ -269,6 +272,11 @@ class TrainingConfig:
     """AdamW epsilon."""
     warmup_ratio: float = bounded(0.06, 0, 1, below=True)
     """Share of the budget spent warming the learning rate up linearly."""
+    head_warmup_ratio: float = bounded(0.0, 0, 1, below=True)
+    """Share of the budget in which only the prediction head learns and the encoder (embeddings
+    included) stays as it is: for continued pretraining of a checkpoint saved without its MLM
+    head (MiniLM), whose new, random head would first send noise into the pretrained encoder
+    (the linear-probe-then-fine-tune idea, Kumar et al. 2022). 0: everything learns from the start."""
     lr_scheduler_type: Literal["linear", "cosine"] = "linear"
     """Decay after warmup, laid out over the whole budget."""
     per_device_train_batch_size: int | None = bounded(None, 1, None)

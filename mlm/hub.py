@@ -149,7 +149,9 @@ def model_card_text(folder: str | Path, repo_id: str | None = None, license: str
     summary, config = _read(folder / "run_summary.json"), _read(folder / "config.json")
     recipe, rows = _read(folder / "recipe.resolved.yaml"), read_metrics(folder / "metrics.jsonl")
     results = folder / "finetune" / "results.json"
-    scores = FinetuneResults.from_json(results).scores if results.is_file() else []
+    finetuned = FinetuneResults.from_json(results) if results.is_file() else None
+    scores = finetuned.scores if finetuned else []
+    recommendations = list(finetuned.recommendations) if finetuned else []
     mine = [s for s in scores if _is_this_model(s.model, folder, repo_id)]
     name = repo_id or folder.name
     arch = " ".join(config.get("architectures") or [])
@@ -173,6 +175,7 @@ def model_card_text(folder: str | Path, repo_id: str | None = None, license: str
         ("num_hidden_layers", "layers"), ("hidden_size", "hidden"), ("num_attention_heads", "heads")) if config.get(k))
     card = ModelCard.from_template(
         data, template_path=str(TEMPLATE), name=name, s=summary, corpus=summary.get("corpus") or {},
+        recommendations=recommendations,
         t=recipe.get("training") or {}, recipe=recipe, rows=rows, family=family, base=base, shape=shape,
         train=[r["train_loss"] for r in rows if "train_loss" in r], val=[r for r in rows if "val_loss" in r],
         loss_curve=(folder / "loss_curve.png").is_file(), has_ci=any(s.ci95 for s in scores),

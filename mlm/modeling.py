@@ -5,6 +5,7 @@ Models are plain transformers `*ForMaskedLM` classes, so what we save is a stand
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -126,15 +127,37 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay for biases and norms (pretraining and fine-tuning)."""
-    decay, no_decay = [], []
+def layer_depth(name: str, num_layers: int) -> int:
+    """Depth of a parameter for layer-wise learning-rate decay: 0 for the embeddings, i + 1 for
+    transformer layer i (`encoder.layer.i.` in BERT/RoBERTa, `layers.i.` in ModernBERT), and
+    num_layers + 1 for what sits on top (final norm, pooler, task head)."""
+    found = re.search(r"(?:^|\.)layers?\.(\d+)\.", name)
+    if found:
+        return int(found.group(1)) + 1
+    return 0 if "embed" in name else num_layers + 1
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float | None = None,
+                 layer_decay: float = 1.0) -> list[dict]:
+    """AdamW groups: no weight decay for biases and norms (pretraining and fine-tuning). With
+    `layer_decay` < 1 (and `lr`), layer-wise learning-rate decay: the top of the model trains at
+    `lr` and each layer below at `layer_decay` times the one above (ELECTRA, DeBERTa-v3), so the
+    new head learns fast while the pretrained lower layers move little."""
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0
+    groups: dict[tuple[bool, int], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+        no_decay = p.ndim < 2 or "norm" in name.lower()
+        depth = layer_depth(name, layers) if layer_decay != 1.0 else 0
+        groups.setdefault((no_decay, depth), []).append(p)
+    out = []
+    for (no_decay, depth), params in sorted(groups.items(), key=lambda kv: kv[0]):
+        group = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if lr is not None and layer_decay != 1.0:
+            group["lr"] = lr * layer_decay ** (layers + 1 - depth)
+        out.append(group)
+    return out
 
 
 def count_parameters(model: torch.nn.Module, embeddings: bool = True) -> int:

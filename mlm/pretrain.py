@@ -218,6 +218,9 @@ class Engine:
             param_groups(objective, t.weight_decay), lr=t.learning_rate,
             betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, fused=self.fused or None)
         self.objective, self.optimizer = accelerator.prepare(objective, optimizer)
+        # head warm-up: the encoder's gradients are dropped (not frozen: DDP and FSDP keep their
+        # gradient hooks), so AdamW leaves those parameters alone, weight decay included
+        self.encoder = list(accelerator.unwrap_model(self.objective).model.base_model.parameters())
         device = accelerator.device
         self.in_a_row = torch.zeros((), device=device)  # non-finite updates in a row
         self.skipped = torch.zeros((), device=device)  # the run's non-finite updates
@@ -245,6 +248,9 @@ class Engine:
         self.lr = t.learning_rate * lr_factor(fraction, t.warmup_ratio, t.lr_scheduler_type)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
+        if fraction < t.head_warmup_ratio:
+            for p in self.encoder:
+                p.grad = None
         norm = a.clip_grad_norm_(self.objective.parameters(), t.max_grad_norm)
         if norm is None:  # DeepSpeed clips (and skips) inside its own step
             norm = torch.zeros((), device=a.device)

@@ -7,7 +7,7 @@ and any edit (or a touched input file) rebuilds what depends on it.
 from __future__ import annotations
 
 import glob
-import importlib.resources
+import importlib.util
 from pathlib import Path
 
 from mlm.cache import digest
@@ -36,11 +36,16 @@ def resolve_path(spec: str, base: Path | None = None) -> Path:
     """Turn `pkg://package/sub/path` or a path relative to the working directory into a Path."""
     if spec.startswith("pkg://"):
         package, _, sub = spec[len("pkg://"):].partition("/")
+        # found, not imported: a data package's __init__ may need what is not installed
         try:
-            root = importlib.resources.files(package)
-        except ModuleNotFoundError:
-            raise UserError(f"source '{spec}': Python package '{package}' is not installed") from None
-        return Path(str(root.joinpath(sub))) if sub else Path(str(root))
+            found = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            found = None
+        if found is None or not (found.submodule_search_locations or found.origin):
+            raise UserError(f"source '{spec}': Python package '{package}' is not installed")
+        root = Path(next(iter(found.submodule_search_locations))) if found.submodule_search_locations \
+            else Path(found.origin).parent
+        return root / sub if sub else root
     path = Path(spec).expanduser()
     if not path.is_absolute() and base is not None and not path.exists():
         candidate = base / path
@@ -82,6 +87,22 @@ def excluded_paths(source: SourceConfig, base: Path | None = None) -> set[str]:
         line.strip() for line in listing.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     }
+
+
+def excluded_documents(source: SourceConfig, base: Path | None = None) -> set[str]:
+    """The documents a source's `exclude_from` file names as `relative/path:LINE` (a line of a
+    `document: line` text file, a JSONL/CSV record, a CoNLL sentence's first line, a parquet
+    row), in the `file:line` form the readers give each document."""
+    if not source.exclude_from:
+        return set()
+    root = resolve_path(source.path, base)
+    out = set()
+    for entry in excluded_paths(source, base):
+        rel, sep, line = entry.rpartition(":")
+        if sep and line.isdigit():
+            path = root if root.is_file() and rel == root.name else root / rel
+            out.add(f"{path}:{int(line)}")
+    return out
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -104,6 +104,67 @@ def winners(section: dict) -> list[str]:
     return lines
 
 
+def _paired(a: list[float], b: list[float]) -> dict:
+    """Mean and Student-t 95 % interval of the per-seed differences a - b (the same labeled
+    subset per seed, so the pairing removes the subset's share of the spread)."""
+    import math
+    import statistics
+
+    from scipy.stats import t
+
+    diffs = [x - y for x, y in zip(a, b)]
+    n, mean = len(diffs), statistics.fmean(diffs)
+    sd = statistics.stdev(diffs) if n > 1 else float("nan")
+    half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else float("nan")
+    # seeds that would put a difference of this mean and spread 2 standard errors from 0
+    need = math.ceil((2 * sd / abs(mean)) ** 2) if n > 1 and mean and sd == sd else None
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n, "seeds_needed": need}
+
+
+def recommendation(section: dict, kinds: dict) -> list[dict]:
+    """Per train size: the best pretraining route (models pretrained with mlm, `kinds` "route")
+    against the best of the rest (general checkpoints and baselines), by mean, with the
+    difference paired over seeds. Empty when either side has no model."""
+    metric, out = section["metric"], []
+    routes = [m for m in section["models"] if kinds.get(m) == "route"]
+    others = [m for m in section["models"] if kinds.get(m) != "route"]
+    if not routes or not others:
+        return out
+    for size in section["sizes"]:
+        stats = {m: section["summary"][m][str(size)][metric] for m in section["models"]}
+        route = max(routes, key=lambda m: stats[m]["mean"])
+        other = max(others, key=lambda m: stats[m]["mean"])
+        diff = _paired(stats[route]["values"], stats[other]["values"])
+        lo, hi = diff["ci95"]
+        verdict = "pays off" if lo > 0 else "loses" if hi < 0 else "not separated"
+        out.append({"size": size, "route": route, "baseline": other, "metric": metric,
+                    "route_mean": stats[route]["mean"], "baseline_mean": stats[other]["mean"],
+                    "difference": diff, "verdict": verdict})
+    return out
+
+
+def recommendation_lines(section: dict, kinds: dict) -> list[str]:
+    """The recommendation as sentences (report, console and model card)."""
+    lines = []
+    for r in recommendation(section, kinds):
+        d, (lo, hi) = r["difference"], r["difference"]["ci95"]
+        gap = f"{d['mean']:+.3f} {r['metric']}" + (f" [{lo:+.3f}, {hi:+.3f}], paired over {d['n']} seeds"
+                                                  if d["n"] > 1 else " (one seed: no interval)")
+        if r["verdict"] == "pays off":
+            text = f"pretraining pays off: **{r['route']}** beats {r['baseline']} by {gap}"
+        elif r["verdict"] == "loses":
+            text = (f"no pretraining route beats the baselines: **{r['baseline']}** beats the best "
+                    f"route, {r['route']}, by {-d['mean']:+.3f} {r['metric']} [{-hi:+.3f}, {-lo:+.3f}]")
+        else:
+            lead = r["route"] if d["mean"] >= 0 else r["baseline"]
+            text = (f"not separated: best route {r['route']} vs best baseline {r['baseline']}: {gap}; "
+                    f"{lead} leads")
+            if d["seeds_needed"] and d["n"] > 1:
+                text += f"; about {d['seeds_needed']} seeds would separate a gap this size"
+        lines.append(f"n={r['size']}: {text}")
+    return lines
+
+
 def finetune_tables(section: dict, markdown: bool = True) -> str:
     """A table per task: rows (model, size), one column per metric, mean ± std [95 % interval]."""
     metrics = [section["metric"]] + [m for m in section["metrics"] if m != section["metric"]]
@@ -134,6 +195,8 @@ def finetune_report(results: dict) -> str:
         sp = t["splits"]
         lines += [f"## {t['name']} ({t['task']}, main metric: {t['metric']})", "",
                   finetune_tables(t), "", *[f"- {w}" for w in winners(t)], "",
+                  *[f"- recommendation, {w}" for w in recommendation_lines(t, results.get("kinds", {}))],
+                  "",
                   f"![learning curve]({t['learning_curve']})", "",
                   f"Data: `{sp.get('train_file')}`; train pool {sp['sizes']['train_pool']}, validation "
                   f"{sp['sizes']['validation']}, test {sp['sizes']['test']}; seeds {t['seeds']}; "

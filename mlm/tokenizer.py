@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 from tokenizers import (
+    Regex,
     Tokenizer,
     decoders,
     models,
@@ -110,6 +111,21 @@ def _continuation_pieces(texts: Iterable[str], normalizer: normalizers.Normalize
     return sorted({"##" + b for a, b in pairs if in_word[a] and in_word[b]})
 
 
+# CJK ideographs (the ranges BERT's tokenizer isolates): Chinese is written without spaces, so
+# a WordPiece "word" would be a whole clause, and whole-word masking would mask clauses. Each
+# ideograph is its own word instead, as in BERT's Chinese and multilingual vocabularies.
+CJK = (r"[\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2CEAF}"
+       r"\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}]")
+TOKENIZER_VERSION = 2
+"""Bumped when trained tokenizers change for the same corpus and settings (2: CJK isolated)."""
+
+
+def wordpiece_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """BERT's pre-tokenizer (whitespace and punctuation) with every CJK ideograph a word."""
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(CJK), behavior="isolated"),
+                                    pre_tokenizers.BertPreTokenizer()])
+
+
 def _normalizer(config: TokenizerConfig) -> normalizers.Normalizer:
     strip = config.lowercase if config.strip_accents is None else config.strip_accents
     steps = [normalizers.NFD(), normalizers.StripAccents()] if strip else [normalizers.NFC()]
@@ -146,7 +162,7 @@ def train_tokenizer(texts: Iterable[str] | Dataset, config: TokenizerConfig,
     if kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
         tok.normalizer = _normalizer(config)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.pre_tokenizer = wordpiece_pre_tokenizer()
         tok.decoder = decoders.WordPiece(prefix="##")
         if not isinstance(texts, Dataset) and iter(texts) is texts:
             texts = list(sample_texts(texts, *bounds))  # a one-shot stream: its sample is read twice
@@ -328,7 +344,7 @@ def prepare_tokenizer(config: TokenizerConfig, train: Dataset, corpus_key: str,
     `cache_dir`, keyed by the corpus fingerprint and the settings (and the base tokenizer)."""
     if config.tokenizer_name_or_path and not config.extend_vocab_words:
         return load_tokenizer(resolve_path(config.tokenizer_name_or_path))
-    key = digest({"corpus": corpus_key, "tok": to_dict(config)})
+    key = digest({"corpus": corpus_key, "tok": to_dict(config), "version": TOKENIZER_VERSION})
 
     def build(tmp: Path) -> None:
         if config.extend_vocab_words:

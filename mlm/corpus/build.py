@@ -29,7 +29,7 @@ from mlm.corpus.dedup import Deduper, Signer, exact_hash, unit_interval
 from mlm.corpus.privacy import scrub
 from mlm.corpus.readers import Skip, detect_format, read_documents
 from mlm.errors import UserError
-from mlm.recipe import corpus_fingerprint, source_files
+from mlm.recipe import corpus_fingerprint, excluded_documents, source_files
 
 log = logging.getLogger("mlm.corpus")
 
@@ -47,13 +47,20 @@ def _read_files(tasks: list[tuple[int, str, str]], recipe: Recipe):
     signer = (Signer(recipe.dedup.minhash_num_perm, recipe.dedup.minhash_ngram)
               if recipe.dedup.dedup_near else None)
     empty = {"text": "", "pii": [], "hash": b"", "minhash": b"", "chars": 0}
+    base = Path(recipe.path).parent if recipe.path else None
+    excluded: dict[int, set[str]] = {}
     for origin, path, fmt in tasks:
         source = recipe.sources[origin]
+        if origin not in excluded:
+            excluded[origin] = excluded_documents(source, base)
         for item in read_documents(Path(path), source, fmt):
             if isinstance(item, Skip):
                 yield {**empty, "source": item.where, "origin": origin, "drop": item.reason}
                 continue
             raw, where = item
+            if where in excluded[origin]:  # e.g. a labeled task's test example
+                yield {**empty, "source": where, "origin": origin, "drop": "excluded"}
+                continue
             text = clean_text(raw, recipe.clean, fmt)
             pii: Counter = Counter()
             if recipe.privacy.scrub_pii:

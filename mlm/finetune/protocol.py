@@ -23,12 +23,21 @@ import torch
 import mlm.finetune.baselines as baselines
 import mlm.finetune.classification as classification
 import mlm.finetune.ner as ner
+import mlm.finetune.setfit_route as setfit_route
 from mlm.config import check_ranges, to_dict
 from mlm.cpus import set_torch_threads
 from mlm.errors import UserError
 from mlm.finetune.config import FinetuneConfig, TaskConfig
 from mlm.finetune.data import TaskData, load_task, stratified_order
-from mlm.finetune.engine import RANDOM_INIT, TFIDF, check_model_folder, device_of, run_state
+from mlm.finetune.engine import (
+    RANDOM_INIT,
+    TFIDF,
+    check_model_folder,
+    device_of,
+    is_folder_spec,
+    run_state,
+    setfit_body,
+)
 from mlm.finetune.metrics import CLASSIFICATION_METRICS, NER_METRICS
 from mlm.modeling import quiet_transformers
 
@@ -80,13 +89,24 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/")).strip("_") or "model"
 
 
-def check_models(models: list[str]) -> Path | None:
-    """Validate the model list; returns the folder random-init copies (the first folder)."""
+def check_models(models: list[str], task: str | None = None) -> Path | None:
+    """Validate the model list (for a task of kind `task` when given: SetFit has no NER route);
+    returns the folder random-init copies (the first folder; a `setfit:` encoder is not one)."""
     if not models:
         raise UserError("no model: give --model (a save_pretrained folder, random-init or tfidf-logreg)")
-    folders = [m for m in models if m not in (RANDOM_INIT, TFIDF)]
+    folders = [m for m in models if is_folder_spec(m)]
     for m in folders:
         check_model_folder(m)
+    for m in models:
+        body = setfit_body(m)
+        if body is None:
+            continue
+        if task == "ner":
+            raise UserError(f"model '{m}': SetFit classifies whole texts and has no NER route; "
+                            f"drop it for NER tasks")
+        check_model_folder(body)
+        if run_state().num_processes > 1:  # its transformers Trainer would join the process group
+            raise UserError(f"model '{m}': SetFit runs in a single process; run it without accelerate launch")
     if RANDOM_INIT in models and not folders:
         raise UserError("random-init copies the architecture of a model folder: give one with --model")
     if len(set(models)) != len(models):
@@ -100,8 +120,8 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
     data: TaskData = load_task(task.data, base)
     for note in data.notes:
         log(f"  note: {note}")
-    first = check_models(models)
     kind = task.data.task
+    first = check_models(models, kind)
     metric = task.protocol.metric or ("macro_f1" if kind == "classification" else "f1")
     names = CLASSIFICATION_METRICS if kind == "classification" else NER_METRICS
     if metric not in names:
@@ -133,6 +153,10 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
             out = baselines.run_classification(subset, data, seed, metric, cache) if kind == "classification" \
                 else baselines.run_ner(subset, data, seed, metric, task.training.seqeval_strict)
             extra = {"hyperparameters": out["hyperparameters"], "device": "cpu"}
+        elif setfit_body(spec) is not None:  # classification only: check_models refuses NER
+            label = None if cfg.run.quiet else f"{model_label(spec)} n={size} seed={seed}"
+            out = setfit_route.run_classification(spec, subset, data, seed, task.training, metric, progress=label)
+            extra = {"hyperparameters": out["hyperparameters"], "device": out["device"]}
         else:
             mod = classification if kind == "classification" else ner
             label = None if cfg.run.quiet else f"{model_label(spec)} n={size} seed={seed}"
@@ -208,15 +232,18 @@ def _maybe_save(mode: str, out: dict, spec: str, size: int, largest: int, seed: 
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    with quiet_transformers():  # no "Writing model shards" bar per save
-        if run_state().process_index == 0:
-            out["model"].save_pretrained(str(folder))
-        else:  # save_pretrained writes no weights on a rank other than 0 once torch.distributed is up
-            from safetensors.torch import save_model
+    if "tokenizer" not in out:  # a SetFitModel: encoder, pooling and pickled head, setfit's layout
+        setfit_route.save(out["model"], folder)
+    else:
+        with quiet_transformers():  # no "Writing model shards" bar per save
+            if run_state().process_index == 0:
+                out["model"].save_pretrained(str(folder))
+            else:  # save_pretrained writes no weights on a rank other than 0 once torch.distributed is up
+                from safetensors.torch import save_model
 
-            out["model"].config.save_pretrained(str(folder))
-            save_model(out["model"], str(folder / "model.safetensors"), metadata={"format": "pt"})
-        out["tokenizer"].save_pretrained(str(folder))
+                out["model"].config.save_pretrained(str(folder))
+                save_model(out["model"], str(folder / "model.safetensors"), metadata={"format": "pt"})
+            out["tokenizer"].save_pretrained(str(folder))
     with (folder / "predictions.jsonl").open("w", encoding="utf-8") as f:
         for p in out["predictions"]:
             f.write(json.dumps(p, ensure_ascii=False) + "\n")
@@ -224,8 +251,25 @@ def _maybe_save(mode: str, out: dict, spec: str, size: int, largest: int, seed: 
         {"train_size": size, "seed": seed, "validation": out["validation"], "test": out["test"]}, indent=2))
 
 
+def model_kind(spec: str) -> str:
+    """"route": pretrained with mlm (its folder has the run_summary.json pretraining writes), or
+    SetFit on such a folder; "checkpoint": any other model folder (a general checkpoint);
+    "baseline": tfidf-logreg, random-init, SetFit on a general checkpoint. The report's
+    recommendation sets the best route against the best of the others."""
+    if spec in (RANDOM_INIT, TFIDF):
+        return "baseline"
+    body = setfit_body(spec)
+    try:
+        pretrained_here = (check_model_folder(body or spec) / "run_summary.json").is_file()
+    except UserError:
+        return "baseline"
+    if pretrained_here:
+        return "route"
+    return "baseline" if body else "checkpoint"
+
+
 def default_output_dir(models: list[str]) -> Path:
-    folders = [m for m in models if m not in (RANDOM_INIT, TFIDF)]
+    folders = [m for m in models if is_folder_spec(m)]
     return Path(folders[0]) / "finetune" if folders else Path("runs/finetune")
 
 
@@ -239,7 +283,8 @@ def finetune(config: FinetuneConfig) -> dict:
     check_ranges(config)  # every number, before any work
     set_torch_threads(config.run.torch_threads)
     log = (lambda *_: None) if config.run.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    check_models(config.models)
+    for task in config.tasks:  # every task's models, before any work (SetFit has no NER route)
+        check_models(config.models, task.data.task)
     out_dir = Path(config.run.output_dir) if config.run.output_dir else default_output_dir(config.models)
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -248,6 +293,7 @@ def finetune(config: FinetuneConfig) -> dict:
     if len(set(names)) != len(names):
         raise UserError("two tasks share a name; give each task of the suite its own name")
     results = {"name": config.name, "models": [model_label(m) for m in config.models], "tasks": [],
+               "kinds": {model_label(m): model_kind(m) for m in config.models},
                "torch_threads": torch.get_num_threads()}
     state = run_state()
     main = state.is_main_process  # every process has every row; one writes them
