@@ -9,6 +9,8 @@ Tasks, splits and fine-tuning settings: data_recipes/benchmarks/suite.yaml. Rout
 recipes under data_recipes/, each pretraining on the task's own unlabeled text with the task's
 test examples excluded): ROUTES below. Pretraining goes through the real `train_mlm.py`; a route
 whose output folder already holds a finished run (run_summary.json) is not pretrained again.
+Classification tasks also run SetFit on each continued MiniLM (`setfit:<route>`), the best
+route on English sentiment so far (bench/RESULTS.md).
 Results: runs/suite/finetune/<task>/ (results.json, report.md) and runs/suite/suite.md (all tasks).
 """
 from __future__ import annotations
@@ -76,19 +78,24 @@ def main() -> int:
     if not args.skip_pretraining:
         for recipe in dict.fromkeys(r for t in wanted for r in ROUTES[t].values()):
             pretrain(recipe)
-    baselines = args.models.split(",") if args.models else BASELINES
+    chosen = args.models.split(",") if args.models else BASELINES
     lines = ["# Development suite", ""]
     for task in load_suite(SUITE).tasks:
         if task.name not in wanted:
             continue
-        cfg = load_suite(SUITE)
+        cfg, baselines = load_suite(SUITE), list(chosen)
         cfg.tasks = [t for t in cfg.tasks if t.name == task.name]
         if args.seeds:
             cfg.tasks[0].protocol.seeds = args.seeds
         if args.sizes:
             cfg.tasks[0].protocol.train_sizes = args.sizes
         routes = [str(output_dir(r).relative_to(ROOT)) for r in ROUTES[task.name].values()]
-        cfg.models = [r for r in routes if (ROOT / r / "run_summary.json").is_file()] + baselines
+        routes = [r for r in routes if (ROOT / r / "run_summary.json").is_file()]
+        if task.data.task == "classification":  # SetFit on the continued MiniLM (the sentence encoder)
+            routes += [f"setfit:{r}" for r in routes if "minilm" in r]
+        else:  # SetFit classifies whole texts: no NER route
+            baselines = [b for b in baselines if not b.startswith("setfit")]
+        cfg.models = routes + baselines
         cfg.run.output_dir = str(Path(args.output_dir) / task.name)
         cfg.run.save_models = "none"
         results = finetune(cfg)

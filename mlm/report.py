@@ -116,8 +116,11 @@ def _paired(a: list[float], b: list[float]) -> dict:
     n, mean = len(diffs), statistics.fmean(diffs)
     sd = statistics.stdev(diffs) if n > 1 else float("nan")
     half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else float("nan")
-    # seeds that would put a difference of this mean and spread 2 standard errors from 0
-    need = math.ceil((2 * sd / abs(mean)) ** 2) if n > 1 and mean and sd == sd else None
+    # seeds whose 95 % interval would exclude 0 for a difference of this mean and spread
+    need = None
+    if n > 1 and mean and sd == sd:
+        need = next((k for k in range(2, 1000)
+                     if float(t.ppf(0.975, k - 1)) * sd / math.sqrt(k) < abs(mean)), None)
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": n, "seeds_needed": need}
 
 
