@@ -78,15 +78,31 @@ def source_files(source: SourceConfig, base: Path | None = None) -> list[Path]:
     return files
 
 
+def read_listing(listing: Path, missing: str) -> list[str]:
+    """The entries of a list file (an `exclude_from` or a `test_list`): one per line, blank
+    lines and `#` comments skipped; `missing`: the error when there is no such file."""
+    if not listing.is_file():
+        raise UserError(missing)
+    return [line.strip() for line in listing.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def document_entries(entries: list[str], root: Path) -> dict[str, str]:
+    """The `relative/file:LINE` entries of a list, keyed by the `file:line` the readers name a
+    document with (`root`: the folder, or the single file, the entries are relative to)."""
+    out = {}
+    for entry in entries:
+        rel, sep, line = entry.rpartition(":")
+        if sep and line.isdigit():
+            path = root if root.is_file() and rel == root.name else root / rel
+            out[f"{path}:{int(line)}"] = entry
+    return out
+
+
 def excluded_paths(source: SourceConfig, base: Path | None = None) -> set[str]:
     """The relative paths listed in a source's `exclude_from` file."""
-    listing = resolve_path(source.exclude_from, base)
-    if not listing.is_file():
-        raise UserError(f"exclude_from file not found: {source.exclude_from}")
-    return {
-        line.strip() for line in listing.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
-    }
+    return set(read_listing(resolve_path(source.exclude_from, base),
+                            f"exclude_from file not found: {source.exclude_from}"))
 
 
 def excluded_documents(source: SourceConfig, base: Path | None = None) -> set[str]:
@@ -95,14 +111,7 @@ def excluded_documents(source: SourceConfig, base: Path | None = None) -> set[st
     row), in the `file:line` form the readers give each document."""
     if not source.exclude_from:
         return set()
-    root = resolve_path(source.path, base)
-    out = set()
-    for entry in excluded_paths(source, base):
-        rel, sep, line = entry.rpartition(":")
-        if sep and line.isdigit():
-            path = root if root.is_file() and rel == root.name else root / rel
-            out.add(f"{path}:{int(line)}")
-    return out
+    return set(document_entries(sorted(excluded_paths(source, base)), resolve_path(source.path, base)))
 
 
 def _relative(path: Path, root: Path) -> str:

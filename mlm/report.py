@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from mlm.finetune.metrics import interval  # noqa: E402
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -106,22 +109,17 @@ def winners(section: dict) -> list[str]:
 
 def _paired(a: list[float], b: list[float]) -> dict:
     """Mean and Student-t 95 % interval of the per-seed differences a - b (the same labeled
-    subset per seed, so the pairing removes the subset's share of the spread)."""
-    import math
-    import statistics
-
+    subset per seed, so the pairing removes the subset's share of the spread), and the seeds
+    whose interval would exclude 0 for a difference of this mean and spread."""
     from scipy.stats import t
 
-    diffs = [x - y for x, y in zip(a, b)]
-    n, mean = len(diffs), statistics.fmean(diffs)
-    sd = statistics.stdev(diffs) if n > 1 else float("nan")
-    half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else float("nan")
-    # seeds whose 95 % interval would exclude 0 for a difference of this mean and spread
+    diff = interval([x - y for x, y in zip(a, b)])
+    n, mean, sd = diff["n"], diff["mean"], diff["std"]
     need = None
-    if n > 1 and mean and sd == sd:
+    if n > 1 and mean:
         need = next((k for k in range(2, 1000)
                      if float(t.ppf(0.975, k - 1)) * sd / math.sqrt(k) < abs(mean)), None)
-    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n, "seeds_needed": need}
+    return {"mean": mean, "ci95": diff["ci95"], "n": n, "seeds_needed": need}
 
 
 def recommendation(section: dict, kinds: dict) -> list[dict]:

@@ -17,14 +17,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
-from mlm.finetune.data import NerExample, TaskData, TextExample
+from mlm.finetune.data import NerExample, TaskData, TextExample, joined_text, label_targets
 from mlm.finetune.metrics import classification_scores, ner_scores
 
 C_GRID = (1.0, 10.0, 100.0)
-
-
-def _text(ex: TextExample) -> str:
-    return ex.text if ex.pair is None else f"{ex.text} {ex.pair}"
 
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -38,11 +34,8 @@ def _mostly_cjk(texts: list[str]) -> bool:
     return bool(letters) and len(_CJK.findall(sample)) > letters / 2
 
 
-def _targets(examples, names: list[str], multi_label: bool):
-    index = {n: i for i, n in enumerate(names)}
-    if multi_label:
-        return np.array([[int(n in ex.labels) for n in names] for ex in examples])
-    return np.array([index[ex.labels[0]] for ex in examples])
+def _targets(examples, names: list[str], multi_label: bool) -> np.ndarray:
+    return np.array(label_targets(examples, names, multi_label))
 
 
 def _predict(clf, x, n_labels: int, multi_label: bool):
@@ -54,16 +47,16 @@ def _predict(clf, x, n_labels: int, multi_label: bool):
 def run_classification(subset: list[TextExample], data: TaskData, seed: int, metric: str, cache: dict) -> dict:
     t0 = time.time()
     if "tfidf" not in cache:  # fitted once per task on the whole unlabeled pool
-        texts = [_text(ex) for ex in data.train]
+        texts = [joined_text(ex) for ex in data.train]
         vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=100_000,
                               analyzer="char" if _mostly_cjk(texts) else "word")
         vec.fit(texts)
         cache["tfidf"] = vec
     vec = cache["tfidf"]
     names, ml = data.label_names, data.multi_label
-    x_train = vec.transform([_text(ex) for ex in subset])
+    x_train = vec.transform([joined_text(ex) for ex in subset])
     y_train = _targets(subset, names, ml)
-    x_val = vec.transform([_text(ex) for ex in data.validation])
+    x_val = vec.transform([joined_text(ex) for ex in data.validation])
     y_val = _targets(data.validation, names, ml).tolist()
     best = None
     for c in C_GRID:
@@ -76,7 +69,7 @@ def run_classification(subset: list[TextExample], data: TaskData, seed: int, met
         if best is None or val[metric] > best[0][metric]:
             best = (val, clf, c)
     val, clf, c = best
-    preds = _predict(clf, vec.transform([_text(ex) for ex in data.test]), len(names), ml)
+    preds = _predict(clf, vec.transform([joined_text(ex) for ex in data.test]), len(names), ml)
     test = classification_scores(preds, _targets(data.test, names, ml).tolist(), ml)
     predictions = [{"where": ex.where, "label": ex.labels,
                     "prediction": [n for n, v in zip(names, p) if v] if ml else [names[p]]}

@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 from mlm.corpus.readers import open_binary, split_suffix
 from mlm.errors import UserError
 from mlm.finetune.config import DataConfig
-from mlm.recipe import resolve_path
+from mlm.recipe import document_entries, read_listing, resolve_path
 
 
 @dataclass
@@ -28,6 +28,20 @@ class TextExample:
     """One label, or several for a multi-label task."""
     where: str = ""
     """file:line (or file) the example came from."""
+
+
+def joined_text(ex: TextExample) -> str:
+    """The text of an example for a model that reads one text (TF-IDF, SetFit): a sentence
+    pair is joined with a space."""
+    return ex.text if ex.pair is None else f"{ex.text} {ex.pair}"
+
+
+def label_targets(examples: list[TextExample], names: list[str], multi_label: bool) -> list:
+    """Class indices of `names`, or multi-hot rows for a multi-label task."""
+    if multi_label:
+        return [[int(n in ex.labels) for n in names] for ex in examples]
+    index = {n: i for i, n in enumerate(names)}
+    return [index[ex.labels[0]] for ex in examples]
 
 
 @dataclass
@@ -175,23 +189,14 @@ def read_class_lines(root: Path) -> list[TextExample]:
     return out
 
 
-def _listed(test_list: Path) -> list[str]:
-    if not test_list.is_file():
-        raise UserError(f"test list not found: {test_list}")
-    return [ln.strip() for ln in test_list.read_text(encoding="utf-8").splitlines()
-            if ln.strip() and not ln.startswith("#")]
-
-
 def split_listed(examples: list, root: Path, test_list: Path) -> tuple[list, list]:
     """(pool, test): the examples whose `file:line` the list names as `relative/file:LINE`
     (relative to `root`, the train_file) form the test set, in the list's order."""
-    wanted = {}
-    for entry in _listed(test_list):
-        rel, sep, line = entry.rpartition(":")
-        if not sep or not line.isdigit():
-            raise UserError(f"{test_list}: '{entry}' is not relative/file:LINE")
-        path = root if root.is_file() and rel == root.name else root / rel
-        wanted[f"{path}:{int(line)}"] = entry
+    entries = read_listing(test_list, f"test list not found: {test_list}")
+    wanted = document_entries(entries, root)
+    if len(wanted) < len(entries):
+        bad = next(e for e in entries if e not in wanted.values())
+        raise UserError(f"{test_list}: '{bad}' is not relative/file:LINE")
     by_where = {ex.where: ex for ex in examples}
     missing = [entry for where, entry in wanted.items() if where not in by_where]
     if missing:
@@ -210,7 +215,7 @@ def read_class_folders(root: Path, test_list: Path | None = None):
         raise UserError(f"{root}: no class subfolders")
     listed: set[str] = set()
     if test_list is not None:
-        listed = set(_listed(test_list))
+        listed = set(read_listing(test_list, f"test list not found: {test_list}"))
     pool, test, seen = [], [], set()
     for cls in classes:
         for doc in sorted(cls.rglob("*.txt")):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.resources
+import math
+import statistics
 from functools import cache
 
 import evaluate
@@ -31,3 +33,18 @@ def ner_scores(predictions: list[list[str]], references: list[list[str]], strict
 
 CLASSIFICATION_METRICS = ["accuracy", "macro_f1", "micro_f1"]
 NER_METRICS = ["f1", "precision", "recall", "accuracy"]
+
+
+def interval(values: list[float]) -> dict:
+    """Mean, sample std and the Student-t 95 % interval of the mean."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else 0.0
+    if n > 1:
+        from scipy.stats import t
+
+        half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        lo, hi = mean - half, mean + half
+    else:
+        lo = hi = float("nan")
+    return {"mean": mean, "std": std, "ci95": [lo, hi], "n": n, "values": values}

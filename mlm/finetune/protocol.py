@@ -8,7 +8,6 @@ curve per task and a markdown report.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import re
@@ -38,7 +37,7 @@ from mlm.finetune.engine import (
     run_state,
     setfit_body,
 )
-from mlm.finetune.metrics import CLASSIFICATION_METRICS, NER_METRICS
+from mlm.finetune.metrics import CLASSIFICATION_METRICS, NER_METRICS, interval
 from mlm.modeling import quiet_transformers
 
 
@@ -64,21 +63,6 @@ def parse_sizes(spec: str, pool: int) -> list[int]:
     if not sizes:
         raise UserError("--train_sizes is empty")
     return sorted(set(sizes))
-
-
-def interval(values: list[float]) -> dict:
-    """Mean, sample std and the Student-t 95 % interval of the mean."""
-    n = len(values)
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if n > 1 else 0.0
-    if n > 1:
-        from scipy.stats import t
-
-        half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-        lo, hi = mean - half, mean + half
-    else:
-        lo = hi = float("nan")
-    return {"mean": mean, "std": std, "ci95": [lo, hi], "n": n, "values": values}
 
 
 def model_label(spec: str) -> str:

@@ -24,25 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from mlm.finetune.config import TrainConfig
-from mlm.finetune.data import TaskData, TextExample
+from mlm.finetune.data import TaskData, TextExample, joined_text, label_targets
 from mlm.finetune.engine import check_model_folder, run_device, setfit_body
 from mlm.finetune.metrics import classification_scores
 from mlm.modeling import quiet_transformers
 
 BATCH_SIZE = 16
 """Contrastive pairs per step (setfit's default)."""
-
-
-def _text(ex: TextExample) -> str:
-    """SetFit reads one text: a sentence pair is joined with a space, as tfidf-logreg reads it."""
-    return ex.text if ex.pair is None else f"{ex.text} {ex.pair}"
-
-
-def _targets(examples: list[TextExample], names: list[str], multi_label: bool) -> list:
-    index = {n: i for i, n in enumerate(names)}
-    if multi_label:
-        return [[int(n in ex.labels) for n in names] for ex in examples]
-    return [index[ex.labels[0]] for ex in examples]
 
 
 def _pairs_exist(y: list, n_labels: int, multi_label: bool) -> bool:
@@ -102,7 +90,7 @@ def run_classification(spec: str, subset: list[TextExample], data: TaskData, see
     t0 = time.time()
     folder = check_model_folder(setfit_body(spec)).resolve()  # absolute: never a hub id
     names, ml = data.label_names, data.multi_label
-    y = _targets(subset, names, ml)
+    y = label_targets(subset, names, ml)
     with _quiet():
         from datasets import Dataset
         from setfit import SetFitModel, Trainer, TrainingArguments
@@ -131,7 +119,7 @@ def run_classification(spec: str, subset: list[TextExample], data: TaskData, see
                 seed=seed, report_to="none", save_strategy="no", logging_strategy="no",
                 logging_first_step=False, show_progress_bar=False)
             trainer = Trainer(model=model, args=args,
-                              train_dataset=Dataset.from_dict({"text": [_text(ex) for ex in subset], "label": y}))
+                              train_dataset=Dataset.from_dict({"text": [joined_text(ex) for ex in subset], "label": y}))
             for callback in (ProgressCallback, PrinterCallback):  # our own bar, or none; no log lines
                 trainer.remove_callback(callback)
             if progress is not None:
@@ -141,19 +129,19 @@ def run_classification(spec: str, subset: list[TextExample], data: TaskData, see
                 trainer.train()
             else:  # e.g. every text shares a label: no dissimilar pair to learn from, head only
                 hyper["steps"] = 0
-                trainer.train_classifier([_text(ex) for ex in subset], y, args)
+                trainer.train_classifier([joined_text(ex) for ex in subset], y, args)
 
     def predict(examples: list[TextExample]) -> list:
         if one_class:
             return [y[0]] * len(examples)
         with _quiet():
-            out = model.predict([_text(ex) for ex in examples], batch_size=cfg.per_device_eval_batch_size,
+            out = model.predict([joined_text(ex) for ex in examples], batch_size=cfg.per_device_eval_batch_size,
                                 as_numpy=True, use_labels=False, show_progress_bar=False)
         return [[int(v) for v in row] for row in out] if ml else [int(v) for v in out]
 
-    val = classification_scores(predict(data.validation), _targets(data.validation, names, ml), ml)
+    val = classification_scores(predict(data.validation), label_targets(data.validation, names, ml), ml)
     preds = predict(data.test)
-    test = classification_scores(preds, _targets(data.test, names, ml), ml)
+    test = classification_scores(preds, label_targets(data.test, names, ml), ml)
     predictions = [{"where": ex.where, "label": ex.labels,
                     "prediction": [n for n, v in zip(names, p) if v] if ml else [names[p]]}
                    for ex, p in zip(data.test, preds)]
