@@ -31,7 +31,8 @@ from transformers import DataCollatorForLanguageModeling  # noqa: E402
 
 from mlm.config import ModelConfig, TokenizerConfig  # noqa: E402
 from mlm.masking import MaskingCollator  # noqa: E402
-from mlm.modeling import MaskedLMObjective, build_model  # noqa: E402
+from mlm.modeling import build_model
+from mlm.objective import MaskedLMObjective  # noqa: E402
 from mlm.packing import pack  # noqa: E402
 
 COLUMNS = ["input_ids", "word_start", "special_tokens_mask"]
@@ -82,7 +83,7 @@ def step_time(tokenizer, batches: list[list[dict]], collator: MaskingCollator,
     for i in range(5):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = objective(**inputs[i % len(inputs)])
+            loss = objective(**inputs[i % len(inputs)])["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -247,6 +247,17 @@ class ModelConfig:
     otherwise."""
     sparse_prediction: bool = True
     """Run the prediction head only on the selected tokens (the saved model is unchanged)."""
+    objective: Literal["mlm", "rtd"] = "mlm"
+    """Self-supervised objective. mlm: predict the masked tokens. rtd: replaced-token detection
+    (ELECTRA): a small masked-LM generator fills the masks with samples and the encoder learns, on
+    every token, whether it was replaced; the encoder is saved as the model and the generator in
+    output_dir/generator (a fill-mask model)."""
+    generator_size: float = bounded(0.25, 0, 1, above=True)
+    """rtd: the generator's width as a share of the encoder's (ELECTRA: 1/4 to 1/3), same depth,
+    one attention head per 64 dimensions; it shares the encoder's token embeddings through a
+    projection."""
+    discriminator_weight: float = bounded(50.0, 0, None, above=True)
+    """rtd: weight of the replaced-token loss against the generator's masked-LM loss (ELECTRA: 50)."""
 
     def attention_for(self, device_type: str, max_seq_length: int) -> str:
         """The attention implementation `auto` stands for on this device and length."""

@@ -157,9 +157,13 @@ def model_card_text(folder: str | Path, repo_id: str | None = None, license: str
     arch = " ".join(config.get("architectures") or [])
     pipeline_tag, auto_class, example = next(
         (v for k, v in ARCHITECTURES.items() if k in arch), ("fill-mask", "AutoModelForMaskedLM", ""))
-    if pipeline_tag == "fill-mask":
-        mask = _read(folder / "tokenizer_config.json").get("mask_token") or "[MASK]"
-        example = f"The {mask.get('content', '[MASK]') if isinstance(mask, dict) else mask} was launched today."
+    rtd = summary.get("objective") == "rtd"
+    if rtd:  # the discriminator: no pipeline of its own; its generator/ is the fill-mask model
+        pipeline_tag, auto_class = None, "AutoModelForSequenceClassification"
+    mask = _read(folder / "tokenizer_config.json").get("mask_token") or "[MASK]"
+    mask = mask.get("content", "[MASK]") if isinstance(mask, dict) else mask
+    if pipeline_tag == "fill-mask" or rtd:
+        example = f"The {mask} was launched today."
     family = summary.get("model_family") or config.get("model_type")
     base = base_model or summary.get("base_model")
     evals = [EvalResult(
@@ -169,7 +173,9 @@ def model_card_text(folder: str | Path, repo_id: str | None = None, license: str
         metric_name=f"{s.metric} (mean of {s.n} seeds, {s.size} labeled examples)") for s in mine]
     data = ModelCardData(
         license=license, language=language, library_name="transformers", pipeline_tag=pipeline_tag,
-        tags=["mlm", "masked-lm" if pipeline_tag == "fill-mask" else pipeline_tag] + ([str(family)] if family else []),
+        tags=["mlm"] + (["electra", "replaced-token-detection"] if rtd else
+                        ["masked-lm" if pipeline_tag == "fill-mask" else pipeline_tag])
+        + ([str(family)] if family else []),
         base_model=_hub_id(base), model_name=name if evals else None, eval_results=evals or None)
     shape = ", ".join(f"{config[k]} {label}" for k, label in (
         ("num_hidden_layers", "layers"), ("hidden_size", "hidden"), ("num_attention_heads", "heads")) if config.get(k))
@@ -181,7 +187,9 @@ def model_card_text(folder: str | Path, repo_id: str | None = None, license: str
         loss_curve=(folder / "loss_curve.png").is_file(), has_ci=any(s.ci95 for s in scores),
         scores=[(s, "**this model**" if s in mine else s.model) for s in scores],
         figures=sorted((folder / "finetune").glob("*.png")), report=(folder / "finetune" / "report.md").is_file(),
-        pipeline_tag=pipeline_tag, auto_class=auto_class, example=example,  # and number formats:
+        pipeline_tag=pipeline_tag, auto_class=auto_class, example=example, rtd=rtd,
+        generator=summary.get("generator") or {}, weight=(recipe.get("model") or {}).get(
+            "discriminator_weight", 50),  # and number formats:
         n=lambda x: f"{x:,.0f}" if isinstance(x, (int, float)) else "n/a" if x is None else str(x),
         f=lambda x, digits=4: f"{x:.{digits}f}" if isinstance(x, (int, float)) else "n/a")
     return str(card).rstrip() + "\n"

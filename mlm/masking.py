@@ -112,7 +112,9 @@ class MaskingCollator:
     Examples are dicts with `input_ids` (list or tensor) and optionally `word_start` and
     `special_tokens_mask` (0/1 per token); sequences of unequal length are right-padded. Returns
     `input_ids`, `attention_mask`, `labels` (-100 where not predicted) and, with
-    `return_masked_positions`, `masked_positions`: the flat indices of the selected tokens.
+    `return_masked_positions`, `masked_positions`: the flat indices of the selected tokens; with
+    `replacement_uniforms`, also one uniform in [0, 1) per selected token, from which
+    replaced-token detection samples its replacements (mlm.objective).
     """
 
     def __init__(self, tokenizer, strategy: str = "token", mlm_probability: float = 0.15,
@@ -120,7 +122,7 @@ class MaskingCollator:
                  seed: int = 0, return_masked_positions: bool = False,
                  span_geometric_p: float = 0.2, span_max_words: int = 10,
                  rank: int | None = None, worker: int | None = None,
-                 document_attention: bool = False):
+                 document_attention: bool = False, replacement_uniforms: bool = False):
         if strategy not in STRATEGIES:
             raise UserError(f"masking_strategy must be one of {', '.join(STRATEGIES)}, "
                             f"got {strategy!r}")
@@ -142,7 +144,8 @@ class MaskingCollator:
         self.seed, self.rank, self.worker = seed, rank, worker
         self.epoch = 0
         self.calls = 0
-        self.return_masked_positions = return_masked_positions
+        self.return_masked_positions = return_masked_positions or replacement_uniforms
+        self.replacement_uniforms = replacement_uniforms
         self.document_attention = document_attention
         self.mask_id = tokenizer.mask_token_id
         self.pad_id = tokenizer.pad_token_id
@@ -329,4 +332,7 @@ class MaskingCollator:
             batch["attention_mask"] = self.document_mask(examples, present)
         if self.return_masked_positions:
             batch["masked_positions"] = torch.nonzero(selected.view(-1)).squeeze(1)
+        if self.replacement_uniforms:  # drawn last: the masks are the same with or without
+            batch["replacement_uniforms"] = torch.rand(len(batch["masked_positions"]),
+                                                       generator=gen)
         return batch

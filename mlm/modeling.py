@@ -19,10 +19,9 @@ from transformers import (
     RobertaConfig,
 )
 
-from mlm.config import ModelConfig, Recipe
+from mlm.config import ModelConfig
 from mlm.errors import UserError
 from mlm.recipe import resolve_path
-from mlm.tokenizer import load_tokenizer
 
 # (layers, hidden) of the BERT miniatures (Turc et al. 2019); heads = hidden / 64.
 PRESETS = {
@@ -73,29 +72,41 @@ def build_config(cfg: ModelConfig, tokenizer, max_seq_length: int):
                             eos_token_id=tokenizer.sep_token_id, **common)
 
 
-def build_model(cfg: ModelConfig, tokenizer, max_seq_length: int) -> PreTrainedModel:
-    """A fresh masked-LM (from the preset) or one loaded from `cfg.model_name_or_path`."""
+def build_model(cfg: ModelConfig, tokenizer, max_seq_length: int, auto=AutoModelForMaskedLM,
+                **config_overrides) -> PreTrainedModel:
+    """A fresh model of class `auto` (default: a masked LM) from the preset, or one loaded from
+    `cfg.model_name_or_path`; `config_overrides` (e.g. num_labels) go into its config."""
     if cfg.model_name_or_path:
-        from mlm.recipe import resolve_path
-
-        return load_masked_lm(resolve_path(cfg.model_name_or_path), tokenizer)
+        return load_checkpoint(resolve_path(cfg.model_name_or_path), tokenizer, auto,
+                               **config_overrides)
     config = build_config(cfg, tokenizer, max_seq_length)
-    return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    return auto.from_config(config, attn_implementation="sdpa")
 
 
 def load_masked_lm(path: str | Path, tokenizer=None) -> PreTrainedModel:
     """Load a local checkpoint as a masked LM, from safetensors, without running its code."""
+    return load_checkpoint(path, tokenizer)
+
+
+def load_checkpoint(path: str | Path, tokenizer=None, auto=AutoModelForMaskedLM,
+                    **config_overrides) -> PreTrainedModel:
+    """Load a local checkpoint as an `auto` model (a head the checkpoint lacks, or of another
+    size, starts fresh), from safetensors, without running its code."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a model folder (no config.json)")
-    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False, **config_overrides)
+    what = "a masked-LM" if auto is AutoModelForMaskedLM else "an encoder"
     try:
-        model = AutoModelForMaskedLM.from_pretrained(
-            str(path), config=config, use_safetensors=True, trust_remote_code=False,
-            attn_implementation="sdpa",
-        )
-    except ValueError as exc:
-        raise UserError(f"{path}: cannot be loaded as a masked-LM model ({exc})") from None
+        with quiet_transformers():  # "newly initialized head" is expected for a new head
+            model = auto.from_pretrained(
+                str(path), config=config, use_safetensors=True, trust_remote_code=False,
+                attn_implementation="sdpa", ignore_mismatched_sizes=auto is not AutoModelForMaskedLM,
+            )
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{path}: cannot be loaded as {what} model ({exc})") from None
     if tokenizer is not None and len(tokenizer) != model.get_input_embeddings().num_embeddings:
         raise UserError(
             f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings have "
@@ -181,42 +192,6 @@ def flops_per_token(config, seq_len: int, head_fraction: float = 1.0) -> float:
     head = H * H + H * config.vocab_size
     return 6.0 * (L * per_layer + head * head_fraction) + 12.0 * L * H * seq_len
 
-class MaskedLMObjective(torch.nn.Module):
-    """The training objective around a `*ForMaskedLM`: mean cross-entropy on selected tokens.
-
-    With `sparse`, the prediction head (the costliest layer of a small model with a large
-    vocabulary) runs only on the selected positions rather than on every token. Wrapping the
-    model in one module keeps DDP's gradient hooks on the path; what is saved is still the
-    inner, standard `*ForMaskedLM`.
-    """
-
-    def __init__(self, model: PreTrainedModel, sparse: bool = False):
-        super().__init__()
-        self.model = model
-        self.sparse = sparse
-        family = model.config.model_type
-        # The prediction head of each family, applied to hidden states of selected tokens only.
-        # (ModernBERT has its own sparse_prediction flag, but it is read once at construction.)
-        self.head = {"bert": lambda h: model.cls(h), "roberta": lambda h: model.lm_head(h),
-                     "modernbert": lambda h: model.decoder(model.head(h))}.get(family)
-        if sparse and self.head is None:
-            raise UserError(f"sparse prediction is not available for model type '{family}'")
-
-    def forward(self, input_ids, attention_mask, labels, masked_positions=None, **_):
-        if not self.sparse:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                              labels=labels).loss
-        hidden = self.model.base_model(input_ids=input_ids,
-                                       attention_mask=attention_mask).last_hidden_state
-        flat_labels = labels.reshape(-1)
-        if masked_positions is None:
-            masked_positions = torch.nonzero(flat_labels != -100).squeeze(1)
-        selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions)
-        logits = self.head(selected)
-        return torch.nn.functional.cross_entropy(
-            logits.float(), flat_labels.index_select(0, masked_positions))
-
-
 def resize_and_init_new_embeddings(model: PreTrainedModel, old_tokenizer, new_tokenizer) -> list[int]:
     """Grow `model`'s embeddings from `old_tokenizer`'s vocabulary to `new_tokenizer`'s (an
     extension that kept the old ids, see mlm.tokenizer.extend_tokenizer), and start each new
@@ -247,17 +222,3 @@ def resize_and_init_new_embeddings(model: PreTrainedModel, old_tokenizer, new_to
             if bias is not None and bias.shape[0] == new_n:
                 bias[i] = bias[index].mean(0)
     return new_ids
-
-
-def build_objective(recipe: Recipe, tokenizer, device_type: str) -> MaskedLMObjective:
-    """The recipe's encoder inside its training objective. A checkpoint continued with an
-    extended vocabulary is loaded with its own tokenizer, then grown to the new one."""
-    seq = recipe.packing.max_seq_length
-    if recipe.model.model_name_or_path and recipe.tokenizer.extend_vocab_words:
-        base = load_tokenizer(resolve_path(recipe.tokenizer.tokenizer_name_or_path))
-        model = build_model(recipe.model, base, seq)
-        resize_and_init_new_embeddings(model, base, tokenizer)
-    else:
-        model = build_model(recipe.model, tokenizer, seq)
-    model.set_attn_implementation(recipe.model.attention_for(device_type, seq))
-    return MaskedLMObjective(model, sparse=recipe.model.sparse_prediction)

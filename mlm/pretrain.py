@@ -33,13 +33,8 @@ from mlm.corpus.build import corpus_stats, format_stats
 from mlm.cpus import set_torch_threads
 from mlm.errors import Stopped, UserError
 from mlm.masking import MaskingCollator
-from mlm.modeling import (
-    build_objective,
-    count_parameters,
-    flops_per_token,
-    param_groups,
-    quiet_transformers,
-)
+from mlm.modeling import count_parameters, param_groups, quiet_transformers
+from mlm.objective import build_objective
 from mlm.packing import load_blocks, prepare_blocks
 from mlm.recipe import corpus_fingerprint, fingerprint
 from mlm.report import plot_loss_curve
@@ -101,6 +96,7 @@ def masking_collator(recipe: Recipe, tokenizer, seed: int, mlm_probability: floa
         tokenizer, strategy=m.masking_strategy, mlm_probability=mlm_probability,
         mask_replace_prob=replace[0], random_replace_prob=replace[1], seed=seed,
         return_masked_positions=recipe.model.sparse_prediction,
+        replacement_uniforms=recipe.model.objective == "rtd",
         span_geometric_p=m.span_geometric_p, span_max_words=m.span_max_words,
         document_attention=recipe.packing.document_attention, rank=0, worker=0)
 
@@ -142,7 +138,7 @@ class Run:
         self.log = RunLog(a, self.out, self.progress.step if resume_from else None)  # opened last
         if resume_from is None:
             self.log.validation(self.progress, first)
-        self.first_val = first if initial is None else initial  # the run's step-0 loss
+        self.first_val = first["loss"] if initial is None else initial  # the run's step-0 loss
         self.last_val = self.first_val
         self.clock = time.perf_counter() - self.progress.seconds
         self.done = self.progress.fraction(recipe) >= 1
@@ -175,8 +171,9 @@ class Run:
             self.log.training(p, self.engine.mean_loss(), self.engine.lr, frac)
         pause = time.perf_counter()
         if p.step % t.eval_steps == 0 or frac >= 1:
-            self.last_val = self.validate(self.engine.objective)
-            self.log.validation(p, self.last_val)
+            parts = self.validate(self.engine.objective)
+            self.log.validation(p, parts)
+            self.last_val = parts["loss"]
         # Never while non-finite updates are going on: the weights may already be poisoned.
         if (self.checkpoints.due(p.step) and not self.engine.in_a_streak()) or stopping:
             p.nonfinite_total = self.engine.nonfinite_counts()[1]
@@ -193,10 +190,9 @@ class Run:
         a = self.accelerator
         save_model(a, self.engine.objective, self.tokenizer, self.out)
         if a.is_main_process:
-            model = a.unwrap_model(self.engine.objective).model
             plot_loss_curve(self.out / "metrics.jsonl", self.out / "loss_curve.png",
                             title=self.recipe.name)
-            _write_summary(self, model)
+            _write_summary(self, a.unwrap_model(self.engine.objective))
         a.wait_for_everyone()
 
 
@@ -235,7 +231,7 @@ class Engine:
         batch = {k: v.to(a.device, non_blocking=True) for k, v in batch.items()}
         with a.accumulate(self.objective):
             with a.autocast():
-                loss = self.objective(**batch)
+                loss = self.objective(**batch)["loss"]
             a.backward(loss)  # every rank, so DDP's all-reduce never waits
             if a.sync_gradients:
                 self._update(fraction)
@@ -320,9 +316,9 @@ class TrainStream:
 
 
 class Validator:
-    """Masked-LM loss on fixed validation batches: the same masks at every evaluation, on every
-    process, at `eval_mlm_probability`. Loss sums and token counts are accumulated, never
-    logits, so memory stays flat."""
+    """The objective's loss (and its parts) on fixed validation batches: the same masks at every
+    evaluation, on every process, at `eval_mlm_probability`. Sums weighted by the selected tokens
+    are accumulated, never logits, so memory stays flat."""
 
     def __init__(self, recipe: Recipe, tokenizer, blocks: Dataset, accelerator: Accelerator):
         t = recipe.training
@@ -338,7 +334,7 @@ class Validator:
                                           for j in range(len(chunk["input_ids"]))]))
 
     @torch.no_grad()
-    def __call__(self, objective: torch.nn.Module) -> float:
+    def __call__(self, objective: torch.nn.Module) -> dict[str, float]:
         a = self.accelerator
         # DDP: the unwrapped module (DDP's forward syncs buffers, and ranks may hold unequal
         # counts of batches), each rank a share (rank r takes batches r, r+W, ...). Sharded
@@ -347,18 +343,20 @@ class Validator:
         sharded = _sharded(a)
         objective = objective if sharded else a.unwrap_model(objective)
         objective.eval()
-        total = torch.zeros(2, device=a.device)
+        names = a.unwrap_model(objective).parts
+        total = torch.zeros(len(names) + 1, device=a.device)
         mine = self.batches if sharded else self.batches[a.process_index::a.num_processes]
         for batch in mine:
             batch = {k: v.to(a.device) for k, v in batch.items()}
             with a.autocast():
-                loss = objective(**batch)
-            n = (batch["labels"] != -100).sum()
-            total += torch.stack([loss.float() * n, n.float()])
+                parts = objective(**batch)
+            n = (batch["labels"] != -100).sum().float()
+            total += torch.stack([parts[k].float() * n for k in names] + [n])
         if not sharded:
             total = a.reduce(total, reduction="sum")
         objective.train()
-        return (total[0] / total[1].clamp(min=1)).item()
+        sums = (total[:-1] / total[-1].clamp(min=1)).tolist()
+        return dict(zip(names, sums))
 
 
 class RunLog:
@@ -399,9 +397,13 @@ class RunLog:
         self.bar.n = min(100.0, 100 * fraction)
         self.bar.refresh()
 
-    def validation(self, p: Progress, loss: float) -> None:
-        self.write({"step": p.step, "tokens": p.tokens, "val_loss": loss,
-                    "val_perplexity": math.exp(min(loss, 50))})
+    def validation(self, p: Progress, parts: dict[str, float]) -> None:
+        """The objective's validation loss and its parts; the perplexity of the masked-LM part
+        (the generator's, for replaced-token detection)."""
+        mlm_loss = parts.get("generator_loss", parts["loss"])
+        self.write({"step": p.step, "tokens": p.tokens,
+                    **{f"val_{k}": v for k, v in parts.items()},
+                    "val_perplexity": math.exp(min(mlm_loss, 50))})
 
     def close(self) -> None:
         self.bar.close()
@@ -757,15 +759,12 @@ def _sharded(accelerator: Accelerator) -> bool:
 
 
 def save_model(accelerator: Accelerator, objective, tokenizer, folder: Path) -> None:
-    """The inner `*ForMaskedLM` and its tokenizer as a save_pretrained folder. The full state
-    dict comes through Accelerate (gathered from the shards under FSDP/DeepSpeed), so every
-    process must call this; the main one writes."""
+    """The objective's models (the `*ForMaskedLM`; or RTD's discriminator and generator) and the
+    tokenizer as save_pretrained folders. The full state dict comes through Accelerate (gathered
+    from the shards under FSDP/DeepSpeed), so every process must call this; the main one writes."""
     state = accelerator.get_state_dict(objective)
     if accelerator.is_main_process:
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-        with quiet_transformers():
-            accelerator.unwrap_model(objective).model.save_pretrained(str(folder), state_dict=state)
-        tokenizer.save_pretrained(str(folder))
+        accelerator.unwrap_model(objective).save_pretrained(folder, state, tokenizer)
 
 
 def device_peak_flops(device: torch.device, mixed_precision: str) -> float | None:
@@ -794,14 +793,15 @@ def device_peak_flops(device: torch.device, mixed_precision: str) -> float | Non
     return best
 
 
-def _write_summary(run: Run, model) -> None:
+def _write_summary(run: Run, objective) -> None:
     """run_summary.json, recipe.resolved.yaml and the closing lines on the console."""
     recipe, p, a, out = run.recipe, run.progress, run.accelerator, run.out
+    model = objective.model
     seq = recipe.packing.max_seq_length
     tps = p.tokens / max(p.seconds, 1e-9)
     peak = device_peak_flops(a.device, recipe.training.mixed_precision)
-    head_fraction = recipe.masking.mlm_probability if recipe.model.sparse_prediction else 1.0
-    mfu = flops_per_token(model.config, seq, head_fraction) * tps / peak if peak else None
+    mfu = objective.flops_per_token(seq, recipe.masking.mlm_probability) * tps / peak \
+        if peak else None
     stats = run.stats
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train_losses = [r["train_loss"] for r in rows if r.get("train_loss") is not None]
@@ -809,6 +809,7 @@ def _write_summary(run: Run, model) -> None:
         "recipe_name": recipe.name,
         "recipe_fingerprint": fingerprint(recipe),
         "base_model": recipe.model.model_name_or_path,
+        "objective": recipe.model.objective,
         "model_family": model.config.model_type,
         "num_parameters": count_parameters(model),
         "vocab_size": len(run.tokenizer),
@@ -822,7 +823,9 @@ def _write_summary(run: Run, model) -> None:
         "hardware": _hardware(a),
         "initial_val_loss": run.first_val,
         "final_val_loss": run.last_val,
-        "val_perplexity": math.exp(min(run.last_val, 50)),
+        # of the masked-LM part (the generator's, for replaced-token detection): last logged
+        "val_perplexity": [r for r in rows if "val_perplexity" in r][-1]["val_perplexity"]
+        or float("nan"),
         "mlm_probability": recipe.masking.mlm_probability,
         "masking_strategy": recipe.masking.masking_strategy,
         "tokenizer": {"kind": recipe.tokenizer.tokenizer_kind, "vocab_size": len(run.tokenizer)},
@@ -833,6 +836,10 @@ def _write_summary(run: Run, model) -> None:
         "first_train_loss": train_losses[0] if train_losses else None,
         "final_train_loss": train_losses[-1] if train_losses else None,
     }
+    generator = getattr(objective, "generator", None)
+    if generator is not None:  # replaced-token detection: the fill-mask model beside the encoder
+        summary["generator"] = {"folder": "generator", "hidden_size": generator.config.hidden_size,
+                                "num_parameters": count_parameters(generator)}
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
     import yaml
 
@@ -845,6 +852,7 @@ def _write_summary(run: Run, model) -> None:
         f"  validation loss {run.first_val:.3f} -> {run.last_val:.3f} "
         f"(perplexity {summary['val_perplexity']:.1f})\n"
         f"  model: {out}  (loss curve: {out / 'loss_curve.png'})"
+        + (f"\n  generator (fill-mask): {out / 'generator'}" if generator is not None else "")
     )
 
 

@@ -107,7 +107,7 @@ def winners(section: dict) -> list[str]:
     return lines
 
 
-def _paired(a: list[float], b: list[float]) -> dict:
+def paired_difference(a: list[float], b: list[float]) -> dict:
     """Mean and Student-t 95 % interval of the per-seed differences a - b (the same labeled
     subset per seed, so the pairing removes the subset's share of the spread), and the seeds
     whose interval would exclude 0 for a difference of this mean and spread."""
@@ -135,7 +135,7 @@ def recommendation(section: dict, kinds: dict) -> list[dict]:
         stats = {m: section["summary"][m][str(size)][metric] for m in section["models"]}
         route = max(routes, key=lambda m: stats[m]["mean"])
         other = max(others, key=lambda m: stats[m]["mean"])
-        diff = _paired(stats[route]["values"], stats[other]["values"])
+        diff = paired_difference(stats[route]["values"], stats[other]["values"])
         lo, hi = diff["ci95"]
         verdict = "pays off" if lo > 0 else "loses" if hi < 0 else "not separated"
         out.append({"size": size, "route": route, "baseline": other, "metric": metric,

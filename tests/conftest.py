@@ -21,7 +21,8 @@ def bbc_dir() -> Path:
 
 @pytest.fixture
 def tiny_recipe(tmp_path: Path, bbc_dir: Path):
-    """Write a tiny pretraining recipe over 60 real BBC tech articles; returns its path."""
+    """Write a tiny pretraining recipe over 60 real BBC tech articles; returns its path.
+    `make(model={...}, **training)`: model settings and training settings over the defaults."""
     import yaml
 
     src = tmp_path / "texts"
@@ -29,13 +30,13 @@ def tiny_recipe(tmp_path: Path, bbc_dir: Path):
     for p in sorted((bbc_dir / "tech").glob("*.txt"))[:60]:
         (src / p.name).write_bytes(p.read_bytes())
 
-    def make(**training) -> Path:
+    def make(model: dict | None = None, **training) -> Path:
         recipe = {
             "name": "tiny",
             "sources": [{"path": str(src)}],
             "tokenizer": {"vocab_size": 1000},
             "packing": {"max_seq_length": 64},
-            "model": {"model_size": "tiny"},
+            "model": {"model_size": "tiny", **(model or {})},
             "training": {"output_dir": str(tmp_path / "run"), "max_minutes": None,
                          "max_steps": 40, "eval_steps": 20, "logging_steps": 10,
                          "per_device_train_batch_size": 16, "learning_rate": 2e-3,

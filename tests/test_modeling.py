@@ -4,7 +4,8 @@ import torch
 from transformers import AutoTokenizer
 
 from mlm.config import ModelConfig
-from mlm.modeling import MaskedLMObjective, build_model
+from mlm.modeling import build_model
+from mlm.objective import MaskedLMObjective
 from mlm.recipe import resolve_path
 
 
@@ -20,7 +21,7 @@ def test_sparse_head_matches_dense_loss(family):
     for sparse in (False, True):
         objective = MaskedLMObjective(model, sparse=sparse)
         model.zero_grad()
-        loss = objective(ids, mask, labels)
+        loss = objective(ids, mask, labels)["loss"]
         loss.backward()
         grads.append((loss.item(), model.get_input_embeddings().weight.grad.clone()))
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)

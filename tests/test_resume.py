@@ -29,14 +29,16 @@ def _val_losses(out):
     return [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tiny_recipe, tmp_path):
+@pytest.mark.parametrize("objective", ["mlm", "rtd"])
+def test_sigkill_then_resume_matches_uninterrupted(tiny_recipe, tmp_path, objective):
     from mlm.pretrain import pretrain
 
-    path = tiny_recipe(**FP32, output_dir=str(tmp_path / "straight"))
+    model = {"objective": objective}
+    path = tiny_recipe(model, **FP32, output_dir=str(tmp_path / "straight"))
     straight = pretrain(load_recipe(path))
     expected = _val_losses(straight)
 
-    path = tiny_recipe(**FP32, output_dir=str(tmp_path / "killed"))
+    path = tiny_recipe(model, **FP32, output_dir=str(tmp_path / "killed"))
     # Same data: share the cached corpus, tokenizer and blocks (tokenizer training is not
     # bit-reproducible across processes: the trainer breaks frequency ties arbitrarily).
     shutil.copytree(straight / "cache", tmp_path / "killed" / "cache")
@@ -73,7 +75,8 @@ def test_resume_refuses_changed_recipe(tiny_recipe, tmp_path):
         pretrain(recipe)
 
 
-def test_two_processes_match_one_with_double_accumulation(tiny_recipe, tmp_path):
+@pytest.mark.parametrize("objective", ["mlm", "rtd"])
+def test_two_processes_match_one_with_double_accumulation(tiny_recipe, tmp_path, objective):
     """DDP on 2 CPU processes vs 1 process with gradient_accumulation_steps=2.
 
     (`accelerate launch --cpu --num_processes 2` starts one process unless mpirun is set up;
@@ -84,10 +87,11 @@ def test_two_processes_match_one_with_double_accumulation(tiny_recipe, tmp_path)
     # sandboxes is an address no peer can reach, and the rendezvous waits forever.
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
-    one = tiny_recipe(**common, gradient_accumulation_steps=2, output_dir=str(tmp_path / "one"))
+    model = {"objective": objective}
+    one = tiny_recipe(model, **common, gradient_accumulation_steps=2, output_dir=str(tmp_path / "one"))
     subprocess.run([sys.executable, str(REPO / "train_mlm.py"), "--recipe", str(one)],
                    env=env, check=True, capture_output=True, timeout=240)
-    two = tiny_recipe(**common, gradient_accumulation_steps=1, output_dir=str(tmp_path / "two"))
+    two = tiny_recipe(model, **common, gradient_accumulation_steps=1, output_dir=str(tmp_path / "two"))
     shutil.copytree(tmp_path / "one" / "cache", tmp_path / "two" / "cache")
     res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",

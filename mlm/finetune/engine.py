@@ -97,9 +97,10 @@ def load_model(spec: str, first_folder: Path, task: str, label_names: list[str],
     folder = first_folder if spec == RANDOM_INIT else check_model_folder(spec)
     auto = AutoModelForTokenClassification if task == "ner" else AutoModelForSequenceClassification
     extra = {"problem_type": "multi_label_classification"} if multi_label else {}
-    config = AutoConfig.from_pretrained(
-        str(folder), num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-        label2id={n: i for i, n in enumerate(label_names)}, **extra)
+    with quiet_transformers():  # a checkpoint's own labels (RTD's "replaced") are replaced here
+        config = AutoConfig.from_pretrained(
+            str(folder), num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)}, **extra)
     if cfg.dropout is not None:
         for key in _DROPOUT_KEYS:
             if hasattr(config, key):
