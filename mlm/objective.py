@@ -141,9 +141,15 @@ class ReplacedTokenDetection(torch.nn.Module):
     parts = ("loss", "generator_loss", "discriminator_loss")
 
     def __init__(self, discriminator: PreTrainedModel, generator: PreTrainedModel,
-                 weight: float = 50.0):
+                 weight: float = 50.0, sharing: str = "tied"):
         super().__init__()
         self.model, self.generator, self.weight = discriminator, generator, weight
+        own = discriminator.get_input_embeddings()
+        self.shared = None  # tied: the discriminator's own matrix is the shared one
+        if sharing == "disentangled":  # the shared matrix apart; the encoder's becomes a residual
+            self.shared = torch.nn.Embedding.from_pretrained(own.weight.detach().clone(), freeze=False)
+            with torch.no_grad():
+                own.weight.zero_()
         self.transform = prediction_transform(generator)
         width, gen_width = discriminator.config.hidden_size, generator.config.hidden_size
         self.projection = torch.nn.Linear(width, gen_width, bias=False) if gen_width != width \
@@ -157,7 +163,7 @@ class ReplacedTokenDetection(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, labels, masked_positions,
                 replacement_uniforms, **_) -> dict:
-        shared = self.model.get_input_embeddings()
+        shared = self.shared if self.shared is not None else self.model.get_input_embeddings()
         embeds = shared(input_ids)
         if self.projection is not None:
             embeds = self.projection(embeds)
@@ -178,7 +184,12 @@ class ReplacedTokenDetection(torch.nn.Module):
         corrupted = flat.index_copy(0, masked_positions, sampled).view_as(input_ids)
         replaced = torch.zeros(flat.shape, device=flat.device).index_copy(
             0, masked_positions, (sampled != targets).float()).view_as(input_ids)
-        scores = self.model(input_ids=corrupted, attention_mask=attention_mask).logits
+        if self.shared is None:
+            scores = self.model(input_ids=corrupted, attention_mask=attention_mask).logits
+        else:  # the shared matrix without its gradient, plus the encoder's residual
+            embeds = F.embedding(corrupted, shared.weight.detach()) + \
+                self.model.get_input_embeddings()(corrupted)
+            scores = self.model(inputs_embeds=embeds, attention_mask=attention_mask).logits
         present = attention_mask.bool() if attention_mask.dim() == 2 else input_ids != self.pad_id
         discriminator_loss = F.binary_cross_entropy_with_logits(
             scores.squeeze(-1).float()[present], replaced[present])
@@ -203,7 +214,10 @@ class ReplacedTokenDetection(torch.nn.Module):
         tokenizer, from the full `state` of this module. The generator's saved embedding matrix
         (tied to its decoder) is the shared one through the projection: E P^T."""
         disc_state = _strip(state, "model.")
-        shared = disc_state[_names_of(self.model, self.model.get_input_embeddings().weight)[0]]
+        own = _names_of(self.model, self.model.get_input_embeddings().weight)[0]
+        shared = disc_state[own] if self.shared is None else state["shared.weight"]
+        if self.shared is not None:  # the encoder reads shared + residual: save the sum
+            disc_state[own] = (disc_state[own].float() + shared.float()).to(shared.dtype)
         folded = shared.float()
         if self.projection is not None:
             folded = folded @ state["projection.weight"].float().t()
@@ -232,7 +246,8 @@ def build_objective(recipe: Recipe, tokenizer, device_type: str) -> torch.nn.Mod
     if cfg.objective == "rtd":
         generator = AutoModelForMaskedLM.from_config(
             generator_config(model.config, cfg.generator_size), attn_implementation="sdpa")
-        objective = ReplacedTokenDetection(model, generator, cfg.discriminator_weight)
+        objective = ReplacedTokenDetection(model, generator, cfg.discriminator_weight,
+                                           cfg.embedding_sharing)
     else:
         objective = MaskedLMObjective(model, sparse=cfg.sparse_prediction)
     for part in objective.models():

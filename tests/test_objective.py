@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer
 
 from mlm.config import ModelConfig
-from mlm.modeling import build_model
+from mlm.modeling import build_config, build_model
 from mlm.objective import RTD_LABELS, ReplacedTokenDetection, generator_config
 from mlm.recipe import load_recipe, resolve_path
 
@@ -78,16 +78,20 @@ def test_saved_discriminator_and_generator_load_with_stock_classes(rtd_run):
     assert len(out) == 5 and all(o["token_str"] for o in out)
 
 
-def test_folded_generator_gives_the_training_logits(tiny_tokenizer):
+@pytest.mark.parametrize("sharing", ["tied", "disentangled"])
+def test_folded_generator_gives_the_training_logits(tiny_tokenizer, sharing):
     """The saved generator (its embedding matrix E P^T, tied to its decoder) computes exactly the
-    logits the objective trained through the shared embeddings and the projection."""
-    from transformers import AutoModelForMaskedLM
+    logits the objective trained through the shared embeddings and the projection; the saved
+    discriminator reads what the objective's did (disentangled: shared + residual)."""
+    from transformers import AutoModelForMaskedLM, AutoModelForTokenClassification
 
-    objective = _tiny_rtd(tiny_tokenizer)
+    objective = _tiny_rtd(tiny_tokenizer, sharing)
+    shared = objective.shared or objective.model.get_input_embeddings()
     torch.manual_seed(1)
-    with torch.no_grad():  # a trained-looking projection and bias, not the initial ones
+    with torch.no_grad():  # a trained-looking projection, bias and residual
         objective.projection.weight.normal_()
         objective.generator.get_output_embeddings().bias.normal_()
+        objective.model.get_input_embeddings().weight.normal_(std=0.02)
     ids = torch.randint(5, len(tiny_tokenizer), (2, 16))
     mask = torch.ones_like(ids)
     import tempfile
@@ -95,12 +99,17 @@ def test_folded_generator_gives_the_training_logits(tiny_tokenizer):
     with tempfile.TemporaryDirectory() as tmp:
         objective.save_pretrained(tmp, objective.state_dict(), tiny_tokenizer)
         saved = AutoModelForMaskedLM.from_pretrained(f"{tmp}/generator").eval()
+        disc = AutoModelForTokenClassification.from_pretrained(tmp).eval()
     objective.eval()
     with torch.no_grad():
-        embeds = objective.projection(objective.model.get_input_embeddings()(ids))
+        own = objective.model.get_input_embeddings()(ids)
+        reads = own + shared(ids) if objective.shared is not None else own
+        assert torch.allclose(disc(input_ids=ids).logits,
+                              objective.model(inputs_embeds=reads).logits, atol=1e-5)
+        embeds = objective.projection(shared(ids))
         hidden = objective.generator.base_model(inputs_embeds=embeds, attention_mask=mask)[0]
         out = objective.transform(hidden) @ objective.projection.weight
-        expected = torch.nn.functional.linear(out, objective.model.get_input_embeddings().weight,
+        expected = torch.nn.functional.linear(out, shared.weight,
                                               objective.generator.get_output_embeddings().bias)
         got = saved(input_ids=ids, attention_mask=mask).logits
     assert torch.allclose(got, expected, atol=1e-4)
@@ -168,12 +177,12 @@ def test_generator_config_shapes():
     tok = AutoTokenizer.from_pretrained(str(resolve_path(MINILM)))
     for family, size, width, heads in [("modernbert", 0.25, 64, 1), ("bert", 1 / 3, 86, 1),
                                        ("roberta", 0.25, 64, 1)]:
-        model = build_model(ModelConfig(model_family=family, model_size="mini"), tok, 64)
-        gen = generator_config(model.config, size)
+        config = build_config(ModelConfig(model_family=family, model_size="mini"), tok, 64)
+        gen = generator_config(config, size)
         assert (gen.hidden_size, gen.num_attention_heads) == (width, heads), family
-        assert gen.num_hidden_layers == model.config.num_hidden_layers
-        assert gen.intermediate_size == round(model.config.intermediate_size * width / 256)
-    base = generator_config(build_model(ModelConfig(model_size="base"), tok, 64).config, 1 / 3)
+        assert gen.num_hidden_layers == config.num_hidden_layers
+        assert gen.intermediate_size == round(config.intermediate_size * width / 256)
+    base = generator_config(build_config(ModelConfig(model_size="base"), tok, 64), 1 / 3)
     assert (base.hidden_size, base.num_attention_heads) == (256, 4)
 
 
@@ -182,14 +191,14 @@ def tiny_tokenizer():
     return AutoTokenizer.from_pretrained(str(resolve_path(MINILM)))
 
 
-def _tiny_rtd(tokenizer) -> ReplacedTokenDetection:
+def _tiny_rtd(tokenizer, sharing: str = "tied") -> ReplacedTokenDetection:
     from transformers import AutoModelForMaskedLM, AutoModelForTokenClassification
 
     torch.manual_seed(0)
     disc = build_model(ModelConfig(model_size="tiny"), tokenizer, 64,
                        AutoModelForTokenClassification, **RTD_LABELS)
     gen = AutoModelForMaskedLM.from_config(generator_config(disc.config, 0.25))
-    return ReplacedTokenDetection(disc, gen, 50.0).eval()
+    return ReplacedTokenDetection(disc, gen, 50.0, sharing).eval()
 
 
 def test_discriminator_fine_tunes_through_finetune_py(rtd_run, tmp_path, bbc_dir):
@@ -229,3 +238,27 @@ def test_model_card_says_which_folder_is_which(rtd_run):
     assert "- replaced-token-detection" in card and "pipeline_tag" not in card
     assert 'AutoModelForMaskedLM.from_pretrained("run", subfolder="generator")' in card
     assert "32-wide masked-LM generator" in card
+
+
+@pytest.mark.parametrize("sharing", ["tied", "disentangled"])
+def test_disentangled_sharing_keeps_the_discriminator_loss_off_the_shared_embeddings(
+        tiny_tokenizer, sharing):
+    """Disentangled: the shared matrix's gradient is the same with or without the
+    discriminator's loss (weight 0 or 50), which reaches only the encoder's residual; tied: the
+    discriminator's loss changes it."""
+    ids = torch.randint(10, len(tiny_tokenizer), (2, 16))
+    positions = torch.tensor([2, 5, 16 + 3])
+    labels = torch.full_like(ids, -100)
+    labels.view(-1)[positions] = ids.view(-1)[positions]
+    grads = []
+    for weight in (0.0, 50.0):
+        objective = _tiny_rtd(tiny_tokenizer, sharing).train()
+        objective.weight = weight
+        objective(ids, torch.ones_like(ids), labels, positions, torch.rand(3))["loss"].backward()
+        shared = objective.shared or objective.model.get_input_embeddings()
+        grads.append(shared.weight.grad.clone())
+        if sharing == "disentangled":
+            residual = objective.model.get_input_embeddings().weight.grad
+            assert (residual is not None and residual.abs().sum() > 0) == (weight > 0)
+    same = torch.allclose(grads[0], grads[1], atol=1e-7)
+    assert same == (sharing == "disentangled")
