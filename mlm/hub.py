@@ -188,8 +188,8 @@ def model_card_text(folder: str | Path, repo_id: str | None = None, license: str
         scores=[(s, "**this model**" if s in mine else s.model) for s in scores],
         figures=sorted((folder / "finetune").glob("*.png")), report=(folder / "finetune" / "report.md").is_file(),
         pipeline_tag=pipeline_tag, auto_class=auto_class, example=example, rtd=rtd,
-        generator=summary.get("generator") or {}, weight=(recipe.get("model") or {}).get(
-            "discriminator_weight", 50),  # and number formats:
+        generator=summary.get("generator") or {}, weight=(recipe.get("model") or {}).get("discriminator_weight"),
+        # and number formats:
         n=lambda x: f"{x:,.0f}" if isinstance(x, (int, float)) else "n/a" if x is None else str(x),
         f=lambda x, digits=4: f"{x:.{digits}f}" if isinstance(x, (int, float)) else "n/a")
     return str(card).rstrip() + "\n"

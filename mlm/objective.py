@@ -32,6 +32,7 @@ from mlm.config import Recipe
 from mlm.errors import UserError
 from mlm.modeling import (
     build_model,
+    count_parameters,
     flops_per_token,
     quiet_transformers,
     resize_and_init_new_embeddings,
@@ -77,6 +78,8 @@ class MaskedLMObjective(torch.nn.Module):
 
     parts = ("loss",)
     """The entries of forward's dict (validation reports each)."""
+    perplexity_of = "loss"
+    """The part whose exponential is the validation perplexity: the masked-LM loss."""
 
     def __init__(self, model: PreTrainedModel, sparse: bool = False):
         super().__init__()
@@ -101,6 +104,10 @@ class MaskedLMObjective(torch.nn.Module):
 
     def models(self) -> list[PreTrainedModel]:
         return [self.model]
+
+    def summary(self) -> dict:
+        """What run_summary.json records of this objective beyond the encoder."""
+        return {}
 
     def flops_per_token(self, seq_len: int, mask_rate: float) -> float:
         return flops_per_token(self.model.config, seq_len, mask_rate if self.sparse else 1.0)
@@ -139,6 +146,7 @@ class ReplacedTokenDetection(torch.nn.Module):
     """
 
     parts = ("loss", "generator_loss", "discriminator_loss")
+    perplexity_of = "generator_loss"
 
     def __init__(self, discriminator: PreTrainedModel, generator: PreTrainedModel,
                  weight: float = 50.0, sharing: str = "tied"):
@@ -200,6 +208,11 @@ class ReplacedTokenDetection(torch.nn.Module):
     def models(self) -> list[PreTrainedModel]:
         return [self.model, self.generator]
 
+    def summary(self) -> dict:
+        """The fill-mask generator saved beside the encoder."""
+        return {"generator": {"folder": "generator", "hidden_size": self.generator.config.hidden_size,
+                              "num_parameters": count_parameters(self.generator)}}
+
     def flops_per_token(self, seq_len: int, mask_rate: float) -> float:
         """Discriminator on every token (its one-logit head aside) plus the generator, whose
         vocabulary head runs on the selected tokens at the shared embeddings' width."""
@@ -215,8 +228,9 @@ class ReplacedTokenDetection(torch.nn.Module):
         (tied to its decoder) is the shared one through the projection: E P^T."""
         disc_state = _strip(state, "model.")
         own = _names_of(self.model, self.model.get_input_embeddings().weight)[0]
-        shared = disc_state[own] if self.shared is None else state["shared.weight"]
+        shared = disc_state[own]
         if self.shared is not None:  # the encoder reads shared + residual: save the sum
+            shared = state["shared.weight"]
             disc_state[own] = (disc_state[own].float() + shared.float()).to(shared.dtype)
         folded = shared.float()
         if self.projection is not None:

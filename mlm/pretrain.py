@@ -318,7 +318,8 @@ class TrainStream:
 class Validator:
     """The objective's loss (and its parts) on fixed validation batches: the same masks at every
     evaluation, on every process, at `eval_mlm_probability`. Sums weighted by the selected tokens
-    are accumulated, never logits, so memory stays flat."""
+    are accumulated, never logits, so memory stays flat. The perplexity is that of the
+    objective's masked-LM part (the generator's, for replaced-token detection)."""
 
     def __init__(self, recipe: Recipe, tokenizer, blocks: Dataset, accelerator: Accelerator):
         t = recipe.training
@@ -355,8 +356,9 @@ class Validator:
         if not sharded:
             total = a.reduce(total, reduction="sum")
         objective.train()
-        sums = (total[:-1] / total[-1].clamp(min=1)).tolist()
-        return dict(zip(names, sums))
+        parts = dict(zip(names, (total[:-1] / total[-1].clamp(min=1)).tolist()))
+        perplexity = math.exp(min(parts[a.unwrap_model(objective).perplexity_of], 50))
+        return {**parts, "perplexity": perplexity}
 
 
 class RunLog:
@@ -398,12 +400,8 @@ class RunLog:
         self.bar.refresh()
 
     def validation(self, p: Progress, parts: dict[str, float]) -> None:
-        """The objective's validation loss and its parts; the perplexity of the masked-LM part
-        (the generator's, for replaced-token detection)."""
-        mlm_loss = parts.get("generator_loss", parts["loss"])
-        self.write({"step": p.step, "tokens": p.tokens,
-                    **{f"val_{k}": v for k, v in parts.items()},
-                    "val_perplexity": math.exp(min(mlm_loss, 50))})
+        """The objective's validation loss, its parts and the perplexity (Validator)."""
+        self.write({"step": p.step, "tokens": p.tokens, **{f"val_{k}": v for k, v in parts.items()}})
 
     def close(self) -> None:
         self.bar.close()
@@ -836,10 +834,7 @@ def _write_summary(run: Run, objective) -> None:
         "first_train_loss": train_losses[0] if train_losses else None,
         "final_train_loss": train_losses[-1] if train_losses else None,
     }
-    generator = getattr(objective, "generator", None)
-    if generator is not None:  # replaced-token detection: the fill-mask model beside the encoder
-        summary["generator"] = {"folder": "generator", "hidden_size": generator.config.hidden_size,
-                                "num_parameters": count_parameters(generator)}
+    summary.update(objective.summary())
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2))
     import yaml
 
@@ -852,7 +847,7 @@ def _write_summary(run: Run, objective) -> None:
         f"  validation loss {run.first_val:.3f} -> {run.last_val:.3f} "
         f"(perplexity {summary['val_perplexity']:.1f})\n"
         f"  model: {out}  (loss curve: {out / 'loss_curve.png'})"
-        + (f"\n  generator (fill-mask): {out / 'generator'}" if generator is not None else "")
+        + (f"\n  generator (fill-mask): {out / 'generator'}" if "generator" in summary else "")
     )
 
 
