@@ -12,8 +12,9 @@ interval and RTD - MLM paired over seeds; then the pretraining speed of each obj
     python bench/bench_objectives.py --tasks bbc-topics --seeds 3 --sizes 100
     python bench/bench_objectives.py --rtd_args "--mlm_probability 0.15"   # an RTD variant
 
-Pretrained models: runs/objectives/<task>-<objective>[-<tag>]; a folder that already holds a
-finished run (run_summary.json) is reused. Results: runs/objectives/finetune/<task>/ and
+Pretrained models: runs/objectives/<recipe>-<objective>[-<tag>], named for the task's
+from-scratch recipe (WNUT-16 reuses the BBC demo's); a folder that already holds a finished run
+(run_summary.json) is reused. Results: runs/objectives/finetune/<task>/ and
 runs/objectives/objectives.md.
 """
 from __future__ import annotations
@@ -44,11 +45,13 @@ def scratch_recipe(task: str) -> str:
 
 
 def pretrain(task: str, objective: str, minutes: float, extra: str, tag: str) -> Path:
-    out = OUT / f"{task}-{objective}" if not tag else OUT / f"{task}-{objective}-{tag}"
+    recipe = scratch_recipe(task)  # WNUT-16 shares the BBC demo's, so its runs are reused
+    name = f"{Path(recipe).stem}-{objective}" + (f"-{tag}" if tag else "")
+    out = OUT / name
     if (out / "run_summary.json").is_file():
         print(f"[objectives] reusing {out}", flush=True)
         return out
-    cmd = [sys.executable, str(ROOT / "train_mlm.py"), "--recipe", str(ROOT / scratch_recipe(task)),
+    cmd = [sys.executable, str(ROOT / "train_mlm.py"), "--recipe", str(ROOT / recipe),
            "--objective", objective, "--output_dir", str(out), "--max_minutes", str(minutes),
            "--max_steps", "none", "--max_tokens", "none", "--save_minutes", "none",
            "--overwrite_output_dir", *shlex.split(extra)]
