@@ -8,7 +8,7 @@ TF-IDF + LR, and one table prints, per task and size, each objective's mean with
 interval and RTD - MLM paired over seeds; then the pretraining speed of each objective
 (tokens/s, MFU) and the mean over tasks.
 
-    python bench/bench_objectives.py                          # bbc-topics, zh-sentiment, en-sentiment
+    python bench/bench_objectives.py                          # all four suite tasks
     python bench/bench_objectives.py --tasks bbc-topics --seeds 3 --sizes 100
     python bench/bench_objectives.py --rtd_args "--mlm_probability 0.15"   # an RTD variant
 
@@ -64,7 +64,7 @@ def pretrain(task: str, objective: str, minutes: float, extra: str, tag: str) ->
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", default="bbc-topics,zh-sentiment,en-sentiment")
+    p.add_argument("--tasks", default="bbc-topics,wnut16-ner,zh-sentiment,en-sentiment")
     p.add_argument("--minutes", type=float, default=15.0, help="pretraining minutes per objective")
     p.add_argument("--seeds", type=int, default=None, help="seeds per size (default: the suite's, 5)")
     p.add_argument("--sizes", default=None, help="train sizes (default: the suite's)")

@@ -252,7 +252,8 @@ class ModelConfig:
     (ELECTRA): a small masked-LM generator fills the masks with samples and the encoder learns, on
     every token, whether it was replaced; the encoder is saved as the model and the generator in
     output_dir/generator (a fill-mask model). mlm is the default: from scratch on 15 CPU minutes,
-    rtd fine-tuned 35 macro-F1 points below it on BBC topics (bench/RESULTS.md, issue #15)."""
+    rtd fine-tuned 7-38 points below it on every task of the development suite (bench/RESULTS.md,
+    issue #15)."""
     generator_size: float = bounded(0.25, 0, 1, above=True)
     """rtd: the generator's width as a share of the encoder's (ELECTRA: 1/4 to 1/3), same depth,
     one attention head per 64 dimensions; it shares the encoder's token embeddings through a
