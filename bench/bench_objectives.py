@@ -31,9 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from suite import ROUTES, SUITE  # noqa: E402
+from suite import ROUTES, task_config  # noqa: E402
 
-from mlm.finetune.cli import load_suite  # noqa: E402
 from mlm.finetune.protocol import finetune  # noqa: E402
 from mlm.report import paired_difference  # noqa: E402
 
@@ -64,7 +63,7 @@ def pretrain(task: str, objective: str, minutes: float, extra: str, tag: str) ->
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", default="bbc-topics,wnut16-ner,zh-sentiment,en-sentiment")
+    p.add_argument("--tasks", default=",".join(ROUTES), help="comma-separated suite tasks")
     p.add_argument("--minutes", type=float, default=15.0, help="pretraining minutes per objective")
     p.add_argument("--seeds", type=int, default=None, help="seeds per size (default: the suite's, 5)")
     p.add_argument("--sizes", default=None, help="train sizes (default: the suite's)")
@@ -82,16 +81,9 @@ def main() -> int:
             s = json.loads((folder / "run_summary.json").read_text())
             speed.append(f"| {task} | {name} | {s['steps']:,} | {s['tokens_per_s']:,.0f} | "
                          f"{100 * (s['mfu'] or 0):.1f} % | {s['final_val_loss']:.3f} |")
-        cfg = load_suite(SUITE)
-        cfg.tasks = [t for t in cfg.tasks if t.name == task]
-        if args.seeds:
-            cfg.tasks[0].protocol.seeds = args.seeds
-        if args.sizes:
-            cfg.tasks[0].protocol.train_sizes = args.sizes
-        cfg.models = [str(mlm.relative_to(ROOT)), str(rtd.relative_to(ROOT)), "tfidf-logreg"]
-        cfg.run.output_dir = str(OUT / "finetune" / (task + (f"-{args.tag}" if args.tag else "")))
-        cfg.run.save_models = "none"
-        section = finetune(cfg)["tasks"][0]
+        models = [str(mlm.relative_to(ROOT)), str(rtd.relative_to(ROOT)), "tfidf-logreg"]
+        folder = OUT / "finetune" / (task + (f"-{args.tag}" if args.tag else ""))
+        section = finetune(task_config(task, models, folder, args.seeds, args.sizes))["tasks"][0]
         metric = section["metric"]
         for size in section["sizes"]:
             stats = {m: section["summary"][m][str(size)][metric] for m in section["models"]}

@@ -61,6 +61,23 @@ def pretrain(recipe: str) -> None:
     print(f"[suite] pretrained {recipe} in {time.time() - t0:.0f} s", flush=True)
 
 
+def task_config(task: str, models: list[str], output_dir: str | Path, seeds: int | None = None,
+                sizes: str | None = None, epochs: float | None = None):
+    """The suite narrowed to one task, with a bench's overrides of its protocol; models not saved."""
+    cfg = load_suite(SUITE)
+    cfg.tasks = [t for t in cfg.tasks if t.name == task]
+    if seeds:
+        cfg.tasks[0].protocol.seeds = seeds
+    if sizes:
+        cfg.tasks[0].protocol.train_sizes = sizes
+    if epochs:
+        cfg.tasks[0].training.num_train_epochs = epochs
+    cfg.models = list(models)
+    cfg.run.output_dir = str(output_dir)
+    cfg.run.save_models = "none"
+    return cfg
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", default=",".join(ROUTES), help="comma-separated task names")
@@ -68,6 +85,8 @@ def main() -> int:
     p.add_argument("--sizes", default=None, help="train sizes for every task (default: the suite's)")
     p.add_argument("--models", default=None,
                    help="comma-separated extra baselines instead of " + ",".join(BASELINES))
+    p.add_argument("--num_train_epochs", type=float, default=None,
+                   help="fine-tuning epochs for every task (default: the suite's)")
     p.add_argument("--skip_pretraining", action="store_true")
     p.add_argument("--output_dir", default="runs/suite/finetune")
     args = p.parse_args()
@@ -83,21 +102,15 @@ def main() -> int:
     for task in load_suite(SUITE).tasks:
         if task.name not in wanted:
             continue
-        cfg, baselines = load_suite(SUITE), list(chosen)
-        cfg.tasks = [t for t in cfg.tasks if t.name == task.name]
-        if args.seeds:
-            cfg.tasks[0].protocol.seeds = args.seeds
-        if args.sizes:
-            cfg.tasks[0].protocol.train_sizes = args.sizes
+        baselines = list(chosen)
         routes = [str(output_dir(r).relative_to(ROOT)) for r in ROUTES[task.name].values()]
         routes = [r for r in routes if (ROOT / r / "run_summary.json").is_file()]
         if task.data.task == "classification":  # SetFit on the continued MiniLM (the sentence encoder)
             routes += [f"setfit:{r}" for r in routes if "minilm" in r]
         else:  # SetFit classifies whole texts: no NER route
             baselines = [b for b in baselines if not b.startswith("setfit")]
-        cfg.models = routes + baselines
-        cfg.run.output_dir = str(Path(args.output_dir) / task.name)
-        cfg.run.save_models = "none"
+        cfg = task_config(task.name, routes + baselines, Path(args.output_dir) / task.name,
+                          args.seeds, args.sizes, args.num_train_epochs)
         results = finetune(cfg)
         section = results["tasks"][0]
         for line in recommendation_lines(section, results["kinds"]):
