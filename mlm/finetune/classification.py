@@ -6,13 +6,16 @@ with no custom code.
 
 Long texts: with `max_windows` > 1, a text longer than `max_length` is cut into consecutive
 windows of `max_length` tokens (at most `max_windows`); each window is a training example with
-the text's label, and a text's prediction averages its windows' logits. The model itself is
+the text's label (`windows_per_epoch`: only a fresh sample of a text's windows in each epoch,
+which makes an epoch up to max_windows times cheaper), and a text's prediction averages all its
+windows' logits. The model itself is
 unchanged (a pipeline on a long text reads its first window only), but it is trained and scored
 on all of the text that fits the windows, as a bag-of-words baseline would be.
 """
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -63,6 +66,23 @@ def per_document(logits: list[torch.Tensor], feats: list[dict]) -> tuple[list[to
     return [torch.stack(sums[d]).mean(0) for d in docs], [first[d] for d in docs]
 
 
+def window_sampler(feats: list[dict], k: int | None) -> Callable[[torch.Generator], list[int]] | None:
+    """What one epoch trains on when texts have more than `k` windows: up to `k` of each text's
+    windows, drawn uniformly afresh every epoch (None when every text fits, or `k` is None)."""
+    by_doc: dict[int, list[int]] = {}
+    for i, f in enumerate(feats):
+        by_doc.setdefault(f["doc"], []).append(i)
+    if k is None or all(len(idx) <= k for idx in by_doc.values()):
+        return None
+
+    def draw(gen: torch.Generator) -> list[int]:
+        return [idx[j] for idx in by_doc.values()
+                for j in (torch.randperm(len(idx), generator=gen)[:k].tolist() if len(idx) > k
+                          else range(len(idx)))]
+
+    return draw
+
+
 def decide(logits: list[torch.Tensor], multi_label: bool):
     if multi_label:
         return [(lg > 0).int().tolist() for lg in logits]
@@ -105,7 +125,8 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
         weights = torch.tensor([len(train) / (len(counts) * counts[i]) if counts[i] else 0.0
                                 for i in range(len(data.label_names))], device=device_of(model))
         loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
-    result = fit(model, train, lambda: score(val)[0], metric, cfg, seed, collator, loss_fn, progress=progress)
+    result = fit(model, train, lambda: score(val)[0], metric, cfg, seed, collator, loss_fn, progress=progress,
+                 sample=window_sampler(train, cfg.windows_per_epoch))
     test_scores, preds = score(test)
     names = data.label_names
     predictions = [

@@ -99,6 +99,10 @@ class TrainConfig:
     """Classification of long texts: cut a text into up to this many consecutive windows of
     max_length tokens, train on every window with the text's label and predict the mean of the
     windows' logits (1: truncate to the first window). Sentence pairs are always truncated."""
+    windows_per_epoch: int | None = bounded(None, 1, None)
+    """With max_windows > 1: train on at most this many of a text's windows per epoch, drawn
+    afresh each epoch (None: all of them). Predictions still average all the windows; 1 makes an
+    epoch cost one window per text instead of up to max_windows."""
     ner_max_length: int = bounded(128, 8, None)
     """Tokens per NER window; longer sentences are split into overlapping windows, never truncated."""
     doc_stride: int = bounded(32, 0, None)

@@ -183,6 +183,8 @@ class FitResult:
     """Epochs in a row in which neither the metric nor the loss improved."""
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    steps: int = 0
+    """Optimizer steps taken."""
 
     def end_epoch(self, scores: dict, metric: str, train_loss: float = 0.0) -> bool:
         """Record one epoch's validation `scores` (the metrics and "loss"); True when it is the
@@ -214,16 +216,20 @@ class FitResult:
 
 def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, cfg: TrainConfig,
         seed: int, collator: Callable, loss_fn: Callable | None = None,
-        progress: str | None = None) -> FitResult:
+        progress: str | None = None,
+        sample: Callable[[torch.Generator], list[int]] | None = None) -> FitResult:
     """Train with AdamW + linear warmup/decay; score on validation after every epoch (`evaluate`
     returns the metrics and "loss"); stop after `early_stopping_patience` epochs in which neither
     the metric nor the loss improved (a tiny model often sits on a plateau of constant predictions
     for a few epochs before it starts learning); leave the best-metric epoch's weights loaded.
-    `progress`: the label of a progress bar (steps, epoch, validation metric); None for none."""
+    `progress`: the label of a progress bar (steps, epoch, validation metric); None for none.
+    `sample`: the indices of the features one epoch trains on, drawn with the loop's generator
+    (always as many; None: all the features)."""
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
     bs = cfg.per_device_train_batch_size
-    steps_per_epoch = math.ceil(len(features) / bs)
+    per_epoch = len(features) if sample is None else len(sample(torch.Generator().manual_seed(seed)))
+    steps_per_epoch = math.ceil(per_epoch / bs)
     total = max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.learning_rate, cfg.layer_decay),
                                   lr=cfg.learning_rate)
@@ -234,7 +240,8 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
                mininterval=1.0)
     while step < total and not res.should_stop(cfg.early_stopping_patience):
         model.train()
-        perm = torch.randperm(len(features), generator=gen).tolist()
+        chosen = range(len(features)) if sample is None else sample(gen)
+        perm = [chosen[i] for i in torch.randperm(len(chosen), generator=gen).tolist()]
         losses = []
         for start in range(0, len(perm), bs):
             if step >= total:
@@ -262,5 +269,5 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    res.seconds = time.time() - t0
+    res.seconds, res.steps = time.time() - t0, step
     return res

@@ -147,7 +147,7 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
             out = mod.run(spec, first, subset, data, seed, task.training, metric, progress=label,
                           cache=encoded)
             extra = {"best_epoch": out["fit"].best_epoch, "epochs": out["fit"].epochs,
-                     "history": out["fit"].history, "device": str(device_of(out["model"]))}
+                     "steps": out["fit"].steps, "history": out["fit"].history, "device": str(device_of(out["model"]))}
         row = {"model": model_label(spec), "train_size": size, "seed": seed,
                "validation": out["validation"], "test": out["test"],
                "seconds": round(time.time() - t0, 2), **extra}

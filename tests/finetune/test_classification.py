@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mlm.finetune import DataConfig, FinetuneConfig, ProtocolConfig, TaskConfig, TrainConfig, finetune
-from mlm.finetune.classification import encode, per_document
+from mlm.finetune.classification import encode, per_document, window_sampler
+from mlm.finetune.classification import run as run_classification
 from mlm.finetune.data import TextExample, load_task
 from tests.finetune.conftest import SPLITS, run_config, save_tiny_bert, write_csv
 
@@ -35,6 +36,43 @@ def test_long_texts_are_cut_into_windows_and_averaged(tokenizer, bbc_dir):
     assert len(merged) == 6 and [f["doc"] for f in firsts] == list(range(6))
     n0 = sum(f["doc"] == 0 for f in feats)
     assert torch.allclose(merged[0], torch.tensor([(n0 - 1) / 2, 1.0]))
+
+
+def test_windows_per_epoch_draws_a_fresh_sample_of_each_texts_windows(tokenizer, bbc_dir):
+    """windows_per_epoch=k: every epoch trains on exactly min(k, windows) windows of each text,
+    none twice, drawn anew each epoch (so over epochs every window is used), the same for the same
+    seed; a run then takes that many fewer steps, and still predicts from all the windows."""
+    texts = [p.read_text(encoding="utf-8") for p in sorted(bbc_dir.rglob("*.txt"))[:12]]
+    examples = [TextExample(text=t, pair=None, labels=["x"], where=f"d{i}") for i, t in enumerate(texts)]
+    examples.append(TextExample(text="short", pair=None, labels=["x"], where="short"))
+    feats = encode(tokenizer, examples, ["x"], False, 32, max_windows=4)
+    windows = {d: sum(f["doc"] == d for f in feats) for d in range(len(examples))}
+    assert windows[12] == 1 and sum(n == 4 for n in windows.values()) >= 10
+    assert window_sampler(feats, None) is None and window_sampler(feats, 4) is None
+    draw = window_sampler(feats, 2)
+    gen = torch.Generator().manual_seed(0)
+    epochs = [draw(gen) for _ in range(8)]
+    for chosen in epochs:
+        assert len(chosen) == len(set(chosen)) == sum(min(2, n) for n in windows.values())
+        assert all(sum(feats[i]["doc"] == d for i in chosen) == min(2, n) for d, n in windows.items())
+    assert len({tuple(c) for c in epochs}) > 1 and set().union(*epochs) == set(range(len(feats)))
+    assert draw(torch.Generator().manual_seed(0)) == epochs[0]
+
+
+def test_a_run_with_one_window_per_epoch_takes_fewer_steps(tiny_model, bbc_csv):
+    """Real fine-tuning with max_windows 3: one sampled window per text and epoch means one step
+    per batch of texts, and the test set is still scored per text."""
+    data = load_task(DataConfig(train_file=str(bbc_csv["train"]), validation_file=str(bbc_csv["validation"]),
+                                test_file=str(bbc_csv["test"])))
+    steps = {}
+    for k in (None, 1):
+        cfg = TrainConfig(num_train_epochs=2, max_length=32, max_windows=3, windows_per_epoch=k,
+                          per_device_train_batch_size=8, early_stopping_patience=0, mixed_precision="no")
+        out = run_classification(str(tiny_model), tiny_model, data.train, data, 0, cfg, "macro_f1")
+        steps[k] = out["fit"].steps
+        assert out["fit"].epochs == 2 and len(out["predictions"]) == len(data.test)
+    n_feats = len(encode(out["tokenizer"], data.train, data.label_names, False, 32, max_windows=3))
+    assert steps[1] == 2 * -(-len(data.train) // 8) < steps[None] == 2 * -(-n_feats // 8)
 
 
 @pytest.fixture(scope="module")
