@@ -202,6 +202,9 @@ def finetune_report(results: dict) -> str:
                   f"Data: `{sp.get('train_file')}`; train pool {sp['sizes']['train_pool']}, validation "
                   f"{sp['sizes']['validation']}, test {sp['sizes']['test']}; seeds {t['seeds']}; "
                   f"split seed {sp.get('split_seed')}."]
+        rates = {r["model"]: r["learning_rate"] for r in t["runs"] if "learning_rate" in r}
+        if len(set(rates.values())) > 1:  # checkpoint_learning_rate: say which model trained at which
+            lines.append("Fine-tuning learning rates: " + ", ".join(f"{m} {v:g}" for m, v in rates.items()) + ".")
         if "test_list" in sp:
             lines.append(f"The test documents are exactly those listed in `{sp['test_list']}`; the demo "
                          "pretraining recipe excludes the same list, so the pretrained model never saw them.")

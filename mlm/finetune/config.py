@@ -74,6 +74,12 @@ class DataConfig:
 class TrainConfig:
     learning_rate: float = bounded(1e-4, 0, None, above=True)
     """Peak AdamW learning rate of the encoder runs (tiny BERTs from scratch like 3e-4 to 1e-3)."""
+    checkpoint_learning_rate: float | None = bounded(None, 0, None, above=True)
+    """Peak learning rate of the models that descend from a general checkpoint: a model folder
+    that mlm did not pretrain from scratch (MiniLM as is, or continued pretraining of it, whose
+    run_summary.json names a base_model). None: learning_rate for every model. A 4x256 encoder
+    trained from scratch wants about 5e-4 with 100 labels, a MiniLM-sized checkpoint about 1e-4
+    (bench/RESULTS.md, the development suite and the demo)."""
     weight_decay: float = bounded(0.01, 0, None)
     """AdamW weight decay (not on biases and LayerNorm)."""
     layer_decay: float = bounded(1.0, 0, 1, above=True)

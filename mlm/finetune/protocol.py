@@ -7,6 +7,7 @@ curve per task and a markdown report.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -26,7 +27,7 @@ import mlm.finetune.setfit_route as setfit_route
 from mlm.config import check_ranges, to_dict
 from mlm.cpus import set_torch_threads
 from mlm.errors import UserError
-from mlm.finetune.config import FinetuneConfig, TaskConfig
+from mlm.finetune.config import FinetuneConfig, TaskConfig, TrainConfig
 from mlm.finetune.data import TaskData, load_task, stratified_order
 from mlm.finetune.engine import (
     RANDOM_INIT,
@@ -106,6 +107,7 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
         log(f"  note: {note}")
     kind = task.data.task
     first = check_models(models, kind)
+    training = {spec: training_for(spec, task.training) for spec in models}  # before any run
     metric = task.protocol.metric or ("macro_f1" if kind == "classification" else "f1")
     names = CLASSIFICATION_METRICS if kind == "classification" else NER_METRICS
     if metric not in names:
@@ -144,10 +146,11 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
         else:
             mod = classification if kind == "classification" else ner
             label = None if cfg.run.quiet else f"{model_label(spec)} n={size} seed={seed}"
-            out = mod.run(spec, first, subset, data, seed, task.training, metric, progress=label,
+            out = mod.run(spec, first, subset, data, seed, training[spec], metric, progress=label,
                           cache=encoded)
             extra = {"best_epoch": out["fit"].best_epoch, "epochs": out["fit"].epochs,
-                     "steps": out["fit"].steps, "history": out["fit"].history, "device": str(device_of(out["model"]))}
+                     "steps": out["fit"].steps, "learning_rate": training[spec].learning_rate,
+                     "history": out["fit"].history, "device": str(device_of(out["model"]))}
         row = {"model": model_label(spec), "train_size": size, "seed": seed,
                "validation": out["validation"], "test": out["test"],
                "seconds": round(time.time() - t0, 2), **extra}
@@ -233,6 +236,29 @@ def _maybe_save(mode: str, out: dict, spec: str, size: int, largest: int, seed: 
             f.write(json.dumps(p, ensure_ascii=False) + "\n")
     (folder / "finetune_run.json").write_text(json.dumps(
         {"train_size": size, "seed": seed, "validation": out["validation"], "test": out["test"]}, indent=2))
+
+
+def from_checkpoint(spec: str) -> bool:
+    """Whether the model folder `spec` descends from a general checkpoint: mlm did not pretrain
+    it, or continued pretraining of another model (its run_summary.json names a base_model).
+    False for random-init and for mlm's from-scratch runs."""
+    if not is_folder_spec(spec):
+        return False
+    summary = check_model_folder(spec) / "run_summary.json"
+    if not summary.is_file():
+        return True
+    try:
+        return json.loads(summary.read_text()).get("base_model") is not None
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{summary}: not a readable run summary (JSON object)") from None
+
+
+def training_for(spec: str, training: TrainConfig) -> TrainConfig:
+    """The task's training settings for model `spec`: checkpoint_learning_rate, when set, is the
+    learning rate of models that descend from a general checkpoint."""
+    if training.checkpoint_learning_rate is None or not from_checkpoint(spec):
+        return training
+    return dataclasses.replace(training, learning_rate=training.checkpoint_learning_rate)
 
 
 def model_kind(spec: str) -> str:

@@ -48,3 +48,36 @@ def test_winners_need_two_models_and_separated_intervals():
     assert winners(section)[0].endswith("its 95 % interval overlaps b: not a clear win over them")
     section["models"] = ["a"]  # one model alone wins nothing
     assert winners(section) == []
+
+
+def test_checkpoint_learning_rate_goes_to_models_from_a_general_checkpoint(tmp_path, tiny_model, bbc_csv):
+    """A folder mlm pretrained from scratch (run_summary.json, no base_model) and random-init
+    train at learning_rate; a folder without a run summary (a general checkpoint) and one whose
+    summary names a base_model (continued pretraining) at checkpoint_learning_rate."""
+    import shutil
+
+    import pytest
+
+    from mlm.errors import UserError
+
+    folders = {}
+    for name, summary in (("scratch", {"base_model": None}), ("dapt", {"base_model": "some/checkpoint"})):
+        folders[name] = shutil.copytree(tiny_model, tmp_path / name)
+        (folders[name] / "run_summary.json").write_text(json.dumps(summary))
+    data = DataConfig(train_file=str(bbc_csv["train"]), validation_file=str(bbc_csv["validation"]),
+                      test_file=str(bbc_csv["test"]))
+    train = TrainConfig(num_train_epochs=1, max_length=32, learning_rate=1e-3, checkpoint_learning_rate=2e-5,
+                        mixed_precision="no")
+    task = TaskConfig(name="bbc3", data=data, training=train, protocol=ProtocolConfig(train_sizes="12", seeds=1))
+    models = [str(folders["scratch"]), "random-init", str(tiny_model), str(folders["dapt"])]
+    out = tmp_path / "out"
+    res = finetune(FinetuneConfig(models=models, tasks=[task], run=run_config(out, save_models="none")))
+    rates = {r["model"]: r["learning_rate"] for r in res["tasks"][0]["runs"]}
+    assert rates == {str(folders["scratch"]): 1e-3, "random-init": 1e-3, str(tiny_model): 2e-5,
+                     str(folders["dapt"]): 2e-5}
+    assert f"{tiny_model} 2e-05" in (out / "report.md").read_text()
+
+    (folders["dapt"] / "run_summary.json").write_text("[1, 2")  # refused before any run
+    with pytest.raises(UserError, match="dapt/run_summary.json: not a readable run summary"):
+        finetune(FinetuneConfig(models=models, tasks=[task], run=run_config(tmp_path / "out2")))
+    assert not (tmp_path / "out2" / "results.json").exists()
