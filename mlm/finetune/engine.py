@@ -234,8 +234,11 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
     dev = device_of(model)
     # fused: one kernel per step instead of a loop of small ones, as in pretraining (5-25 % off a
     # MiniLM step on 2 CPU cores: bench/RESULTS.md, "The demo in 45 minutes")
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.learning_rate, cfg.layer_decay),
-                                  lr=cfg.learning_rate, fused=dev.type in ("cpu", "cuda") or None)
+    # the protocol resolves the rate per model (TrainConfig.rate_for); a bare TrainConfig trains
+    # at the from-scratch default
+    lr = cfg.rate_for(from_checkpoint=False)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, lr, cfg.layer_decay),
+                                  lr=lr, fused=dev.type in ("cpu", "cuda") or None)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     res, best_state, step = FitResult(), None, 0
     bar = tqdm(total=total, desc=progress, unit="step", disable=progress is None, leave=False,

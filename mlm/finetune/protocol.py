@@ -254,11 +254,9 @@ def from_checkpoint(spec: str) -> bool:
 
 
 def training_for(spec: str, training: TrainConfig) -> TrainConfig:
-    """The task's training settings for model `spec`: checkpoint_learning_rate, when set, is the
-    learning rate of models that descend from a general checkpoint."""
-    if training.checkpoint_learning_rate is None or not from_checkpoint(spec):
-        return training
-    return dataclasses.replace(training, learning_rate=training.checkpoint_learning_rate)
+    """The task's training settings for model `spec`, with the learning rate resolved for its
+    origin (TrainConfig.rate_for: from scratch, or from a general checkpoint)."""
+    return dataclasses.replace(training, learning_rate=training.rate_for(from_checkpoint(spec)))
 
 
 def model_kind(spec: str) -> str:

@@ -81,3 +81,20 @@ def test_checkpoint_learning_rate_goes_to_models_from_a_general_checkpoint(tmp_p
     with pytest.raises(UserError, match="dapt/run_summary.json: not a readable run summary"):
         finetune(FinetuneConfig(models=models, tasks=[task], run=run_config(tmp_path / "out2")))
     assert not (tmp_path / "out2" / "results.json").exists()
+
+
+def test_learning_rate_defaults_follow_the_model_origin_and_a_set_rate_wins():
+    """No rate set: from-scratch encoders (and random-init) at SCRATCH_LEARNING_RATE, models from
+    a general checkpoint at CHECKPOINT_LEARNING_RATE. A learning_rate the user sets alone applies
+    to every model (as --learning_rate does in transformers); checkpoint_learning_rate, when set,
+    wins for the checkpoints only."""
+    from mlm.finetune.config import CHECKPOINT_LEARNING_RATE, SCRATCH_LEARNING_RATE
+
+    assert SCRATCH_LEARNING_RATE != CHECKPOINT_LEARNING_RATE
+    cases = {(None, None): (SCRATCH_LEARNING_RATE, CHECKPOINT_LEARNING_RATE),
+             (3e-3, None): (3e-3, 3e-3),
+             (None, 2e-5): (SCRATCH_LEARNING_RATE, 2e-5),
+             (3e-3, 2e-5): (3e-3, 2e-5)}
+    for (lr, ckpt), expected in cases.items():
+        cfg = TrainConfig(learning_rate=lr, checkpoint_learning_rate=ckpt)
+        assert (cfg.rate_for(from_checkpoint=False), cfg.rate_for(from_checkpoint=True)) == expected, (lr, ckpt)
