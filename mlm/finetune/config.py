@@ -153,10 +153,11 @@ class TrainConfig:
     def rate_for(self, from_checkpoint: bool) -> float:
         """The peak learning rate of a model that does (or does not) descend from a general
         checkpoint: a rate the user set wins, else the default for the model's origin."""
-        if from_checkpoint:
-            return next(r for r in (self.checkpoint_learning_rate, self.learning_rate,
-                                    CHECKPOINT_LEARNING_RATE) if r is not None)
-        return self.learning_rate if self.learning_rate is not None else SCRATCH_LEARNING_RATE
+        if from_checkpoint and self.checkpoint_learning_rate is not None:
+            return self.checkpoint_learning_rate
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return CHECKPOINT_LEARNING_RATE if from_checkpoint else SCRATCH_LEARNING_RATE
 
 
 @dataclass

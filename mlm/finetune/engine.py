@@ -232,11 +232,9 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
     steps_per_epoch = math.ceil(per_epoch / bs)
     total = max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
     dev = device_of(model)
+    lr = cfg.rate_for(from_checkpoint=False)  # resolved per model by the protocol; else the scratch default
     # fused: one kernel per step instead of a loop of small ones, as in pretraining (5-25 % off a
     # MiniLM step on 2 CPU cores: bench/RESULTS.md, "The demo in 45 minutes")
-    # the protocol resolves the rate per model (TrainConfig.rate_for); a bare TrainConfig trains
-    # at the from-scratch default
-    lr = cfg.rate_for(from_checkpoint=False)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, lr, cfg.layer_decay),
                                   lr=lr, fused=dev.type in ("cpu", "cuda") or None)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)

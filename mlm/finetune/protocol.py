@@ -238,19 +238,29 @@ def _maybe_save(mode: str, out: dict, spec: str, size: int, largest: int, seed: 
         {"train_size": size, "seed": seed, "validation": out["validation"], "test": out["test"]}, indent=2))
 
 
+def run_summary(spec: str) -> dict | None:
+    """The run_summary.json mlm's pretraining wrote in the model folder `spec`; None when the
+    folder has none (a general checkpoint)."""
+    path = check_model_folder(spec) / "run_summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        summary = None
+    if not isinstance(summary, dict):
+        raise UserError(f"{path}: not a readable run summary (JSON object)")
+    return summary
+
+
 def from_checkpoint(spec: str) -> bool:
     """Whether the model folder `spec` descends from a general checkpoint: mlm did not pretrain
-    it, or continued pretraining of another model (its run_summary.json names a base_model).
+    it, or continued pretraining of another model (its run summary names a base_model).
     False for random-init and for mlm's from-scratch runs."""
     if not is_folder_spec(spec):
         return False
-    summary = check_model_folder(spec) / "run_summary.json"
-    if not summary.is_file():
-        return True
-    try:
-        return json.loads(summary.read_text()).get("base_model") is not None
-    except (OSError, ValueError, AttributeError):
-        raise UserError(f"{summary}: not a readable run summary (JSON object)") from None
+    summary = run_summary(spec)
+    return summary is None or summary.get("base_model") is not None
 
 
 def training_for(spec: str, training: TrainConfig) -> TrainConfig:
@@ -268,7 +278,7 @@ def model_kind(spec: str) -> str:
         return "baseline"
     body = setfit_body(spec)
     try:
-        pretrained_here = (check_model_folder(body or spec) / "run_summary.json").is_file()
+        pretrained_here = run_summary(body or spec) is not None
     except UserError:
         return "baseline"
     if pretrained_here:
