@@ -76,7 +76,7 @@ def main() -> None:
         cache = tmp / "prep" / "cache"
         blocks = train_blocks.select_columns(["input_ids"])
         fig = {
-            "ours_bf16_default": ours(tmp, args.steps, "bf16", cache),
+            "ours_bf16": ours(tmp, args.steps, "bf16", cache),
             "ours_fp32": ours(tmp, args.steps, "no", cache),
             "trainer_default_fp32": trainer(tmp, args.steps, False, tokenizer, blocks),
             "trainer_bf16": trainer(tmp, args.steps, True, tokenizer, blocks),
@@ -90,14 +90,15 @@ def main() -> None:
     print(f"\nBERT 4x256, seq 128, batch 32, {args.steps} steps, {torch.get_num_threads()} threads")
     for k, v in fig.items():
         print(f"  {k:24s} {v:10,.0f} tokens/s")
-    print(f"  ours (defaults: bf16 + sparse head) / Trainer defaults: "
-          f"{fig['ours_bf16_default'] / fig['trainer_default_fp32']:.2f}x  (target >= 2)")
-    print(f"  ours (defaults) / Trainer bf16: "
-          f"{fig['ours_bf16_default'] / fig['trainer_bf16']:.2f}x  (target >= 1.3)")
+    # bf16 is asked for here: `auto` (the default) picks float32 on CPUs with slow bf16
+    print(f"  ours (bf16 + sparse head) / Trainer defaults: "
+          f"{fig['ours_bf16'] / fig['trainer_default_fp32']:.2f}x  (target >= 2)")
+    print(f"  ours bf16 / Trainer bf16: "
+          f"{fig['ours_bf16'] / fig['trainer_bf16']:.2f}x  (target >= 1.3)")
     print(f"  ours fp32 / Trainer fp32: {fig['ours_fp32'] / fig['trainer_default_fp32']:.2f}x")
     print(f"  CPU peak matmul: fp32 {peak32 / 1e9:,.0f} GFLOP/s, bf16 {peak16 / 1e9:,.0f} GFLOP/s")
     print(f"  model FLOPs/token (dense head) {fpt / 1e6:.1f} M; MFU ours bf16 "
-          f"{100 * fpt * fig['ours_bf16_default'] / peak16:.1f}%, Trainer fp32 "
+          f"{100 * fpt * fig['ours_bf16'] / peak16:.1f}%, Trainer fp32 "
           f"{100 * fpt * fig['trainer_default_fp32'] / peak32:.1f}%")
 
 

@@ -4,6 +4,9 @@ beside the general checkpoint and the baselines, and print one table with the re
     python bench/suite.py                       # everything (hours on 2 CPU cores)
     python bench/suite.py --tasks en-sentiment --seeds 3 --sizes 100
     python bench/suite.py --skip_pretraining    # fine-tune what runs/suite already holds
+    # an ablation row: one folder, no baselines, one fine-tuning setting changed
+    python bench/suite.py --tasks en-sentiment --skip_pretraining --routes runs/suite/x \
+        --models none --set pooling=cls --output_dir runs/ablations/en_cls
 
 Tasks, splits and fine-tuning settings: data_recipes/benchmarks/suite.yaml. Routes per task (the
 recipes under data_recipes/, each pretraining on the task's own unlabeled text with the task's
@@ -24,8 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mlm.config import load_yaml  # noqa: E402
+from mlm.config import apply_overrides, check_ranges, load_yaml, section_fields  # noqa: E402
+from mlm.errors import UserError  # noqa: E402
 from mlm.finetune.cli import load_suite  # noqa: E402
+from mlm.finetune.config import FinetuneArgs  # noqa: E402
 from mlm.finetune.protocol import finetune  # noqa: E402
 from mlm.report import recommendation_lines  # noqa: E402
 
@@ -62,10 +67,15 @@ def pretrain(recipe: str) -> None:
 
 
 def task_config(task: str, models: list[str], output_dir: str | Path, seeds: int | None = None,
-                sizes: str | None = None, epochs: float | None = None):
-    """The suite narrowed to one task, with a bench's overrides of its protocol; models not saved."""
+                sizes: str | None = None, epochs: float | None = None,
+                settings: dict[str, str] | None = None):
+    """The suite narrowed to one task, with a bench's overrides of its protocol and `settings`
+    (finetune.py flags without the dashes, e.g. {"pooling": "cls"}); models not saved."""
     cfg = load_suite(SUITE)
     cfg.tasks = [t for t in cfg.tasks if t.name == task]
+    t = cfg.tasks[0]
+    apply_overrides(FinetuneArgs(data=t.data, training=t.training, protocol=t.protocol,
+                                 run=cfg.run, hub=cfg.hub), dict(settings or {}))
     if seeds:
         cfg.tasks[0].protocol.seeds = seeds
     if sizes:
@@ -84,7 +94,14 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=None, help="seeds per size (default: the suite's, 5)")
     p.add_argument("--sizes", default=None, help="train sizes for every task (default: the suite's)")
     p.add_argument("--models", default=None,
-                   help="comma-separated extra baselines instead of " + ",".join(BASELINES))
+                   help="comma-separated extra baselines instead of " + ",".join(BASELINES)
+                        + " (none: no baselines)")
+    p.add_argument("--routes", default=None,
+                   help="comma-separated model folders fine-tuned instead of the tasks' pretrained "
+                        "routes (e.g. an ablation's encoder)")
+    p.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE", dest="settings",
+                   help="a fine-tuning setting for every task, as finetune.py's flag without the "
+                        "dashes (repeat for several), e.g. --set learning_rate=1e-4")
     p.add_argument("--num_train_epochs", type=float, default=None,
                    help="fine-tuning epochs for every task (default: the suite's)")
     p.add_argument("--skip_pretraining", action="store_true")
@@ -94,23 +111,36 @@ def main() -> int:
     unknown = [t for t in wanted if t not in ROUTES]
     if unknown:
         p.error(f"unknown task {unknown[0]} (tasks: {', '.join(ROUTES)})")
-    if not args.skip_pretraining:
+    settings = dict(kv.partition("=")[::2] for kv in args.settings)
+    known = section_fields(FinetuneArgs)
+    bad = [k for k, v in settings.items() if k not in known or not v]
+    if bad:
+        p.error(f"--set {bad[0]}: give FLAG=VALUE with one of finetune.py's flags (no dashes)")
+    try:  # a wrong value fails here, before any pretraining
+        for name in wanted:
+            check_ranges(task_config(name, [], args.output_dir, settings=settings))
+    except UserError as e:
+        p.error(f"--set: {e}")
+    if not args.skip_pretraining and not args.routes:
         for recipe in dict.fromkeys(r for t in wanted for r in ROUTES[t].values()):
             pretrain(recipe)
-    chosen = args.models.split(",") if args.models else BASELINES
+    chosen = [] if args.models == "none" else args.models.split(",") if args.models else BASELINES
     lines = ["# Development suite", ""]
     for task in load_suite(SUITE).tasks:
         if task.name not in wanted:
             continue
         baselines = list(chosen)
-        routes = [str(output_dir(r).relative_to(ROOT)) for r in ROUTES[task.name].values()]
-        routes = [r for r in routes if (ROOT / r / "run_summary.json").is_file()]
+        if args.routes:
+            routes = args.routes.split(",")
+        else:
+            routes = [str(output_dir(r).relative_to(ROOT)) for r in ROUTES[task.name].values()]
+            routes = [r for r in routes if (ROOT / r / "run_summary.json").is_file()]
         if task.data.task == "classification":  # SetFit on the continued MiniLM (the sentence encoder)
             routes += [f"setfit:{r}" for r in routes if "minilm" in r]
         else:  # SetFit classifies whole texts: no NER route
             baselines = [b for b in baselines if not b.startswith("setfit")]
         cfg = task_config(task.name, routes + baselines, Path(args.output_dir) / task.name,
-                          args.seeds, args.sizes, args.num_train_epochs)
+                          args.seeds, args.sizes, args.num_train_epochs, settings)
         results = finetune(cfg)
         section = results["tasks"][0]
         for line in recommendation_lines(section, results["kinds"]):

@@ -1,4 +1,5 @@
-"""CPU threads that respect the CPUs this process may use, and share them when others run.
+"""CPU threads that respect the CPUs this process may use, and share them when others run; and
+the autocast precision that is fastest on this device.
 
 torch sizes its intra-op pool from the machine's cores, not from the CPU affinity mask or the
 cgroup quota a container or a scheduler gives the process; and its OpenMP threads spin while
@@ -6,12 +7,24 @@ they wait. Two runs on one 2-core machine then fight for the cores and both coll
 was measured at 1/50 of its speed alone). Here the pool is sized from what the process may use,
 and idle threads sleep after a short spin (GOMP_SPINCOUNT, set in `mlm/__init__.py` before torch
 loads its OpenMP runtime).
+
+bf16 autocast is not always faster on a CPU: where bf16 matrix products run natively (AVX-512
+BF16 on the AMD EPYC, AMX) they are about twice float32's speed, but on a Xeon whose bf16
+products are not (AVX-512 BF16 listed, no AMX) they ran at half, and pretraining with autocast
+at 0.46-0.74x float32's tokens/s (bench/RESULTS.md, "bf16 or float32 on a CPU"). So the default
+precision, `auto`, times both on this CPU once per process and picks the faster.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+import time
 from pathlib import Path
+
+BF16_MIN_SPEEDUP = 1.1
+"""`auto` precision on a CPU: bf16 autocast only where bf16 matrix products run at least this
+many times float32's speed (measured: about 2 with native bf16, 0.5 without)."""
 
 
 def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -58,3 +71,39 @@ def set_torch_threads(requested: int | None) -> int:
     elif not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(default_threads())
     return torch.get_num_threads()
+
+
+@functools.cache
+def cpu_bf16_speedup(size: int = 512, seconds: float = 0.05) -> float:
+    """Throughput of bf16 over float32 `size`-square matrix products on this CPU, with torch's
+    threads as set when first called (best of three short rounds each; cached per process)."""
+    import torch
+
+    rates = []
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a @ b  # warm-up: kernel selection, first-touch memory
+        best = 0.0
+        for _ in range(3):
+            start, n = time.perf_counter(), 0
+            while (elapsed := time.perf_counter() - start) < seconds:
+                a @ b
+                n += 1
+            best = max(best, n / elapsed)
+        rates.append(best)
+    return rates[1] / rates[0]
+
+
+def resolve_precision(setting: str, device_type: str) -> str:
+    """The autocast precision a run uses on `device_type`: the setting as given, and for `auto`
+    bf16 on a GPU that supports it and on a CPU where `cpu_bf16_speedup()` reaches
+    BF16_MIN_SPEEDUP, else "no" (float32)."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    if device_type == "cpu":
+        return "bf16" if cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "no"
+    return "no"

@@ -30,7 +30,7 @@ from mlm.cache import cached
 from mlm.config import Recipe, check_ranges, to_dict
 from mlm.corpus import build_corpus
 from mlm.corpus.build import corpus_stats, format_stats
-from mlm.cpus import set_torch_threads
+from mlm.cpus import resolve_precision, set_torch_threads
 from mlm.errors import Stopped, UserError
 from mlm.masking import MaskingCollator
 from mlm.modeling import count_parameters, param_groups, quiet_transformers
@@ -114,17 +114,20 @@ class Run:
         t = self.training = recipe.training
         self.recipe, self.out = recipe, Path(t.output_dir)
         set_torch_threads(t.torch_threads)
+        on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+        device_type = "cpu" if on_cpu else "cuda" if torch.cuda.is_available() else "mps"
+        self.precision = resolve_precision(t.mixed_precision, device_type)  # "auto" decided
         # Accelerate keeps its settings in a process-wide singleton; a second pretrain() in the
         # same process (tests, notebooks) with another precision would be refused. Reset the
         # settings but keep the process group (PartialState).
         AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = a = Accelerator(
-            mixed_precision=t.mixed_precision,
+            mixed_precision=self.precision,
             gradient_accumulation_steps=t.gradient_accumulation_steps,
             log_with="tensorboard", project_dir=str(self.out),
             # Without a GPU, Accelerate only joins the launcher's process group (MULTI_CPU,
             # gloo) when told it runs on CPU; otherwise each process would train alone.
-            cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
+            cpu=on_cpu)
         set_seed(t.seed)
         self.tokenizer, train_blocks, val_blocks, self.stats = prepare_data(recipe, a)
         self.engine = Engine(recipe, a, build_objective(recipe, self.tokenizer, a.device.type))
@@ -159,7 +162,7 @@ class Run:
         if checking:
             streak, p.nonfinite_total = self.engine.nonfinite_counts()
             if streak >= t.max_nonfinite_steps:
-                raise Stopped(_divergence_message(self.recipe, streak, p.step), 1)
+                raise Stopped(_divergence_message(self.recipe, self.precision, streak, p.step), 1)
         frac, stopping = p.fraction(self.recipe), signal_received is not None
         if a.num_processes > 1 and checking:  # ranks agree on the end at check points only
             frac, stopping = _agreed(frac, stopping, a)
@@ -734,15 +737,15 @@ def _agreed(frac: float, flag: bool, accelerator: Accelerator) -> tuple[float, b
     return top[0], top[1] > 0
 
 
-def _divergence_message(recipe: Recipe, count: int, step: int) -> str:
+def _divergence_message(recipe: Recipe, precision: str, count: int, step: int) -> str:
     """Why the run stopped, which checkpoint is kept, and advice that fits its settings."""
     t = recipe.training
     kept = latest_checkpoint(recipe)
     where = f"the last checkpoint before them, {kept}, is kept" if kept else \
         "no checkpoint was written (none is saved while updates are non-finite)"
     advice = f"lower --learning_rate (now {t.learning_rate:g})"
-    if t.mixed_precision != "no":
-        advice += f" or use --mixed_precision no (now {t.mixed_precision})"
+    if precision != "no":
+        advice += f" or use --mixed_precision no (now {t.mixed_precision}: {precision})"
     if t.warmup_ratio < 0.05:
         advice += f", or a longer --warmup_ratio (now {t.warmup_ratio:g})"
     return f"{count} non-finite losses in a row at step {step}; {where}. Try: {advice}"
@@ -797,9 +800,11 @@ def _write_summary(run: Run, objective) -> None:
     model = objective.model
     seq = recipe.packing.max_seq_length
     tps = p.tokens / max(p.seconds, 1e-9)
-    peak = device_peak_flops(a.device, recipe.training.mixed_precision)
-    mfu = objective.flops_per_token(seq, recipe.masking.mlm_probability) * tps / peak \
-        if peak else None
+    peak = device_peak_flops(a.device, run.precision)
+    m = recipe.masking  # a linear masking schedule averages its two ends over the run
+    rate = m.mlm_probability if m.mlm_probability_end is None else \
+        (m.mlm_probability + m.mlm_probability_end) / 2
+    mfu = objective.flops_per_token(seq, rate) * tps / peak if peak else None
     stats = run.stats
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train_losses = [r["train_loss"] for r in rows if r.get("train_loss") is not None]
@@ -819,6 +824,7 @@ def _write_summary(run: Run, objective) -> None:
         "tokens_per_s": round(tps, 1),
         "mfu": mfu,
         "hardware": _hardware(a),
+        "mixed_precision": run.precision,
         "initial_val_loss": run.first_val,
         "final_val_loss": run.last_val,
         # of the masked-LM part (the generator's, for replaced-token detection): last logged

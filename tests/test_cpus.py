@@ -52,3 +52,16 @@ def test_two_launched_processes_split_the_cpus():
                          capture_output=True, text=True, cwd=REPO, env=env)
     assert res.returncode == 0, res.stderr
     assert int(res.stdout) == max(1, available_cpus() // 2)
+
+
+def test_auto_precision_follows_the_measured_bf16_speed():
+    """`auto` is bf16 on a CPU exactly where bf16 matrix products measure at least
+    BF16_MIN_SPEEDUP times float32's; explicit choices pass through on any device."""
+    from mlm.cpus import BF16_MIN_SPEEDUP, cpu_bf16_speedup, resolve_precision
+
+    speedup = cpu_bf16_speedup()
+    assert speedup == cpu_bf16_speedup()  # measured once per process
+    assert resolve_precision("auto", "cpu") == ("bf16" if speedup >= BF16_MIN_SPEEDUP else "no")
+    assert [resolve_precision(p, d) for p, d in (("bf16", "cpu"), ("no", "cuda"), ("fp16", "cuda"))] \
+        == ["bf16", "no", "fp16"]
+    assert resolve_precision("auto", "mps") == "no"

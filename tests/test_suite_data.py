@@ -131,3 +131,28 @@ def test_tfidf_reads_chinese_by_characters():
     out = baselines.run_classification(subset, data, 0, "accuracy", {})
     assert out["test"]["accuracy"] > 0.68  # majority class 0.55; whitespace words 0.59, characters 0.72
 
+
+
+def test_suite_bench_settings_apply_and_bad_ones_stop_before_any_work(tmp_path, monkeypatch,
+                                                                     capsys):
+    """`bench/suite.py --set FLAG=VALUE` changes the task's fine-tuning like finetune.py's flag,
+    and a wrong name or value exits with code 2 before pretraining or fine-tuning anything."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import suite
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    cfg = suite.task_config("en-sentiment", ["x"], tmp_path,
+                            settings={"pooling": "cls", "learning_rate": "1e-4", "seeds": "2"})
+    task = cfg.tasks[0]
+    assert (task.training.pooling, task.training.learning_rate, task.protocol.seeds) == \
+        ("cls", 1e-4, 2)
+    for bad, says in (("pooling=avg", "must be one of"), ("nope=1", "finetune.py's flags"),
+                      ("learning_rate=-1", "allowed > 0")):
+        out = tmp_path / bad.split("=")[0]
+        monkeypatch.setattr(sys, "argv", ["suite.py", "--tasks", "en-sentiment", "--set", bad,
+                                          "--output_dir", str(out)])
+        with pytest.raises(SystemExit) as stop:
+            suite.main()
+        assert stop.value.code == 2 and says in capsys.readouterr().err
+        assert not out.exists()

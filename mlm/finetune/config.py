@@ -137,8 +137,10 @@ class TrainConfig:
     """How a classification head summarises the text, for models whose head offers a choice
     (ModernBERT: the [CLS] state or the mean over tokens); checkpoint: as its config says. BERT
     and RoBERTa heads always read [CLS] and ignore this."""
-    mixed_precision: Literal["no", "bf16"] = "bf16"
-    """Autocast precision of forward passes (bf16 also on CPU, where supported; about 1.5x faster)."""
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    """Autocast precision of forward passes. auto: bf16 on a GPU that supports it and on a CPU
+    whose bf16 matrix products run faster than float32's (about 1.5x faster there), else no
+    (float32), as in pretraining."""
     setfit_num_iterations: int = bounded(20, 1, None)
     """SetFit (`--model setfit`): contrastive pairs drawn per labeled text and per side (similar /
     dissimilar), i.e. 2 x this x the train size pairs, one epoch over them."""

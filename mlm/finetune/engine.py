@@ -25,6 +25,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from mlm.cpus import resolve_precision
 from mlm.errors import UserError
 from mlm.finetune.config import DEMO_MODEL, TrainConfig
 from mlm.modeling import param_groups, quiet_transformers
@@ -135,8 +136,10 @@ def collate(collator: Callable[[list[dict]], dict], features: list[dict], device
 
 
 def autocast(precision: str, device: torch.device):
-    """bf16 autocast on the device the model and its batches are on (none for "no")."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """bf16 autocast on the device the model and its batches are on, when `precision` is or
+    resolves to bf16 there (`resolve_precision`)."""
+    enabled = resolve_precision(precision, device.type) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def device_of(model) -> torch.device:

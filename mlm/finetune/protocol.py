@@ -25,7 +25,7 @@ import mlm.finetune.classification as classification
 import mlm.finetune.ner as ner
 import mlm.finetune.setfit_route as setfit_route
 from mlm.config import check_ranges, to_dict
-from mlm.cpus import set_torch_threads
+from mlm.cpus import resolve_precision, set_torch_threads
 from mlm.errors import UserError
 from mlm.finetune.config import FinetuneConfig, TaskConfig, TrainConfig
 from mlm.finetune.data import TaskData, load_task, stratified_order
@@ -150,7 +150,9 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
                           cache=encoded)
             extra = {"best_epoch": out["fit"].best_epoch, "epochs": out["fit"].epochs,
                      "steps": out["fit"].steps, "learning_rate": training[spec].learning_rate,
-                     "history": out["fit"].history, "device": str(device_of(out["model"]))}
+                     "history": out["fit"].history, "device": str(device_of(out["model"])),
+                     "mixed_precision": resolve_precision(training[spec].mixed_precision,
+                                                          device_of(out["model"]).type)}
         row = {"model": model_label(spec), "train_size": size, "seed": seed,
                "validation": out["validation"], "test": out["test"],
                "seconds": round(time.time() - t0, 2), **extra}

@@ -44,6 +44,20 @@ def test_model_batches_and_autocast_share_the_device(tiny_model, device):
     assert all(s == (device, {device}, True) for s in seen), seen
 
 
+def test_auto_precision_autocasts_as_resolved_on_this_cpu():
+    """Fine-tuning's default `auto` turns bf16 autocast on exactly where `resolve_precision`
+    chooses bf16 for the device (on this CPU: by its measured bf16 speed)."""
+    from mlm.cpus import resolve_precision
+    from mlm.finetune.engine import autocast
+
+    assert TrainConfig().mixed_precision == "auto"
+    with autocast("auto", torch.device("cpu")):
+        out = torch.ones(4, 4) @ torch.ones(4, 4)
+    assert (out.dtype == torch.bfloat16) == (resolve_precision("auto", "cpu") == "bf16")
+    with autocast("no", torch.device("cpu")):
+        assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.float32
+
+
 def test_default_device_is_accelerates(tiny_model):
     model, _ = load_model(str(tiny_model), tiny_model, "classification", ["a", "b"], 0,
                           TrainConfig())
