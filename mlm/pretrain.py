@@ -536,10 +536,14 @@ class Progress:
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: written through `cached`, so a crash never leaves half of one.
 
+# Settings that do not define the model: a checkpoint resumes, and a folder is retrained without
+# --overwrite_output_dir, when only these differ (autocast precision: a resume on another machine,
+# or the default's change from bf16 to auto, changes how fast it trains, not what).
 RESUME_IGNORED = {("training", k) for k in (
     "output_dir", "resume", "max_steps", "max_tokens", "max_minutes", "eval_steps",
     "logging_steps", "save_steps", "save_minutes", "save_total_limit", "torch_threads",
-    "dataloader_num_workers", "resume_from_checkpoint", "overwrite_output_dir", "torch_compile")}
+    "dataloader_num_workers", "resume_from_checkpoint", "overwrite_output_dir", "torch_compile",
+    "mixed_precision")}
 
 
 def _checkpoint_root(recipe: Recipe) -> Path:

@@ -53,6 +53,18 @@ def test_other_model_needs_overwrite_which_clears_stale_results(tiny_recipe, tmp
     assert '"model_family": "bert"' in (out / "run_summary.json").read_text().replace("'", '"')
 
 
+def test_another_precision_is_not_another_model(tiny_recipe, tmp_path):
+    """A folder trained in bf16 (the old default) is retrained under `auto` without
+    --overwrite_output_dir: autocast precision changes the speed, not the model."""
+    from mlm.pretrain import pretrain
+
+    out = tmp_path / "run"
+    pretrain(load_recipe(tiny_recipe(max_steps=2, eval_steps=2, output_dir=str(out),
+                                     mixed_precision="bf16")))
+    pretrain(load_recipe(tiny_recipe(max_steps=2, eval_steps=2, output_dir=str(out))))
+    assert "mixed_precision: auto" in (out / "recipe.resolved.yaml").read_text()
+
+
 def test_resume_from_a_named_checkpoint(tiny_recipe, tmp_path):
     from mlm.pretrain import pretrain
 
