@@ -114,8 +114,8 @@ class Run:
         t = self.training = recipe.training
         self.recipe, self.out = recipe, Path(t.output_dir)
         set_torch_threads(t.torch_threads)
-        on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-        device_type = "cpu" if on_cpu else "cuda" if torch.cuda.is_available() else "mps"
+        device_type = "cuda" if torch.cuda.is_available() else \
+            "mps" if torch.backends.mps.is_available() else "cpu"
         self.precision = resolve_precision(t.mixed_precision, device_type)  # "auto" decided
         # Accelerate keeps its settings in a process-wide singleton; a second pretrain() in the
         # same process (tests, notebooks) with another precision would be refused. Reset the
@@ -127,7 +127,7 @@ class Run:
             log_with="tensorboard", project_dir=str(self.out),
             # Without a GPU, Accelerate only joins the launcher's process group (MULTI_CPU,
             # gloo) when told it runs on CPU; otherwise each process would train alone.
-            cpu=on_cpu)
+            cpu=device_type == "cpu")
         set_seed(t.seed)
         self.tokenizer, train_blocks, val_blocks, self.stats = prepare_data(recipe, a)
         self.engine = Engine(recipe, a, build_objective(recipe, self.tokenizer, a.device.type))

@@ -132,7 +132,6 @@ def test_tfidf_reads_chinese_by_characters():
     assert out["test"]["accuracy"] > 0.68  # majority class 0.55; whitespace words 0.59, characters 0.72
 
 
-
 def test_suite_bench_settings_apply_and_bad_ones_stop_before_any_work(tmp_path, monkeypatch,
                                                                      capsys):
     """`bench/suite.py --set FLAG=VALUE` changes the task's fine-tuning like finetune.py's flag,

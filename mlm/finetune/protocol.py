@@ -148,11 +148,12 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
             label = None if cfg.run.quiet else f"{model_label(spec)} n={size} seed={seed}"
             out = mod.run(spec, first, subset, data, seed, training[spec], metric, progress=label,
                           cache=encoded)
+            device = device_of(out["model"])
             extra = {"best_epoch": out["fit"].best_epoch, "epochs": out["fit"].epochs,
                      "steps": out["fit"].steps, "learning_rate": training[spec].learning_rate,
-                     "history": out["fit"].history, "device": str(device_of(out["model"])),
+                     "history": out["fit"].history, "device": str(device),
                      "mixed_precision": resolve_precision(training[spec].mixed_precision,
-                                                          device_of(out["model"]).type)}
+                                                          device.type)}
         row = {"model": model_label(spec), "train_size": size, "seed": seed,
                "validation": out["validation"], "test": out["test"],
                "seconds": round(time.time() - t0, 2), **extra}
