@@ -98,7 +98,8 @@ def main() -> int:
                         + " (none: no baselines)")
     p.add_argument("--routes", default=None,
                    help="comma-separated model folders fine-tuned instead of the tasks' pretrained "
-                        "routes (e.g. an ablation's encoder)")
+                        "routes (e.g. an ablation's encoder), exactly these: no SetFit row is "
+                        "added (name one as setfit:FOLDER)")
     p.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE", dest="settings",
                    help="a fine-tuning setting for every task, as finetune.py's flag without the "
                         "dashes (repeat for several), e.g. --set learning_rate=1e-4")
@@ -135,8 +136,9 @@ def main() -> int:
         else:
             routes = [str(output_dir(r).relative_to(ROOT)) for r in ROUTES[task.name].values()]
             routes = [r for r in routes if (ROOT / r / "run_summary.json").is_file()]
-        if task.data.task == "classification":  # SetFit on the continued MiniLM (the sentence encoder)
-            routes += [f"setfit:{r}" for r in routes if "minilm" in r]
+        if task.data.task == "classification":
+            if not args.routes:  # SetFit on the continued MiniLM (the sentence encoder)
+                routes += [f"setfit:{r}" for r in routes if "minilm" in r]
         else:  # SetFit classifies whole texts: no NER route
             baselines = [b for b in baselines if not b.startswith("setfit")]
         cfg = task_config(task.name, routes + baselines, Path(args.output_dir) / task.name,

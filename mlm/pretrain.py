@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -116,7 +116,7 @@ class Run:
         set_torch_threads(t.torch_threads)
         device_type = "cuda" if torch.cuda.is_available() else \
             "mps" if torch.backends.mps.is_available() else "cpu"
-        self.precision = resolve_precision(t.mixed_precision, device_type)  # "auto" decided
+        self.precision = _agreed_precision(t.mixed_precision, device_type)  # "auto" decided
         # Accelerate keeps its settings in a process-wide singleton; a second pretrain() in the
         # same process (tests, notebooks) with another precision would be refused. Reset the
         # settings but keep the process group (PartialState).
@@ -164,11 +164,13 @@ class Run:
             if streak >= t.max_nonfinite_steps:
                 raise Stopped(_divergence_message(self.recipe, self.precision, streak, p.step), 1)
         frac, stopping = p.fraction(self.recipe), signal_received is not None
+        due = self.checkpoints.due(p.step)
         if a.num_processes > 1 and checking:  # ranks agree on the end at check points only
-            frac, stopping = _agreed(frac, stopping, a)
-        elif a.num_processes > 1:  # a clock differs between ranks: a time budget ends at a check
+            frac, stopping, due = _agreed(frac, stopping, due, a)
+        elif a.num_processes > 1:  # a clock differs between ranks: time budgets end at a check
             stopping = False
             frac = min(frac, 1 - 1e-9) if t.max_minutes else frac
+            due = self.checkpoints.due(p.step, by_time=False)  # a save is collective
         self.stream.set_fraction(frac)
         if p.step % t.logging_steps == 0 or frac >= 1:
             self.log.training(p, self.engine.mean_loss(), self.engine.lr, frac)
@@ -178,7 +180,7 @@ class Run:
             self.log.validation(p, parts)
             self.last_val = parts["loss"]
         # Never while non-finite updates are going on: the weights may already be poisoned.
-        if (self.checkpoints.due(p.step) and not self.engine.in_a_streak()) or stopping:
+        if (due and not self.engine.in_a_streak()) or stopping:
             p.nonfinite_total = self.engine.nonfinite_counts()[1]
             self.checkpoints.save(p, self.first_val)
         self.clock += time.perf_counter() - pause  # validation and saving are not training
@@ -567,11 +569,13 @@ class Checkpointer:
         self.root = _checkpoint_root(recipe)
         self.last_save = time.perf_counter()
 
-    def due(self, step: int) -> bool:
-        """A checkpoint is due by save_steps or save_minutes."""
+    def due(self, step: int, by_time: bool = True) -> bool:
+        """A checkpoint is due by save_steps or (`by_time`) save_minutes. Each process reads
+        its own clock, so under a launch the time-based answer is agreed on at check points."""
         t = self.recipe.training
         return bool((t.save_steps and step % t.save_steps == 0) or (
-            t.save_minutes and time.perf_counter() - self.last_save > 60 * t.save_minutes))
+            by_time and t.save_minutes and
+            time.perf_counter() - self.last_save > 60 * t.save_minutes))
 
     def restore(self, resume_from: Path | None) -> tuple[Progress, float | None]:
         """Load a checkpoint's training state; returns its progress and step-0 validation loss."""
@@ -733,12 +737,25 @@ def guard_output_dir(recipe: Recipe, out: Path) -> None:
 # Small helpers: process agreement, divergence advice, state dicts, peak FLOPs, the summary.
 
 
-def _agreed(frac: float, flag: bool, accelerator: Accelerator) -> tuple[float, bool]:
+def _agreed(frac: float, flag: bool, due: bool,
+            accelerator: Accelerator) -> tuple[float, bool, bool]:
     """One collective: the largest progress of all ranks (every process must stop at the same
-    step), and whether any process received a stop signal."""
-    value = torch.tensor([frac, 1.0 if flag else 0.0], device=accelerator.device)
+    step), whether any process received a stop signal, and whether a checkpoint is due on any
+    (saving is collective: a process that saves alone waits for the others forever)."""
+    value = torch.tensor([frac, float(flag), float(due)], device=accelerator.device)
     top = accelerator.gather(value.unsqueeze(0)).max(dim=0).values.tolist()
-    return top[0], top[1] > 0
+    return top[0], top[1] > 0, top[2] > 0
+
+
+def _agreed_precision(setting: str, device_type: str) -> str:
+    """The autocast precision of this run, the same in every process of a launch: `auto` is
+    decided by the main process (on a CPU each process would otherwise time its own matrix
+    products, and processes near the threshold could disagree) and broadcast to the others."""
+    state = PartialState(cpu=device_type == "cpu")  # joins the launcher's process group
+    if setting != "auto" or state.num_processes == 1:
+        return resolve_precision(setting, device_type)
+    decided = [resolve_precision(setting, device_type) if state.is_main_process else None]
+    return broadcast_object_list(decided)[0]
 
 
 def _divergence_message(recipe: Recipe, precision: str, count: int, step: int) -> str:

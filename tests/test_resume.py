@@ -91,7 +91,10 @@ def test_two_processes_match_one_with_double_accumulation(tiny_recipe, tmp_path,
     one = tiny_recipe(model, **common, gradient_accumulation_steps=2, output_dir=str(tmp_path / "one"))
     subprocess.run([sys.executable, str(REPO / "train_mlm.py"), "--recipe", str(one)],
                    env=env, check=True, capture_output=True, timeout=240)
-    two = tiny_recipe(model, **common, gradient_accumulation_steps=1, output_dir=str(tmp_path / "two"))
+    # save_minutes that is always due: each rank's clock says so at other steps, and a save is
+    # collective, so the ranks must agree on when (a rank saving alone would wait forever).
+    two = tiny_recipe(model, **common, gradient_accumulation_steps=1, save_minutes=1e-6,
+                      output_dir=str(tmp_path / "two"))
     shutil.copytree(tmp_path / "one" / "cache", tmp_path / "two" / "cache")
     res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
@@ -101,6 +104,7 @@ def test_two_processes_match_one_with_double_accumulation(tiny_recipe, tmp_path,
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "run_summary.json").read_text())
     assert summary["hardware"].startswith("2 process"), summary["hardware"]
+    assert (tmp_path / "two" / "checkpoints" / "step-00000010").is_dir()  # time-based saves ran
     a, b = _val_losses(tmp_path / "one"), _val_losses(tmp_path / "two")
     assert [s for s, _ in a] == [s for s, _ in b] == [0, 5, 10]
     # Same batches, same masks, gradients averaged the same way: equal up to float reduction order.
@@ -134,3 +138,33 @@ def test_sigterm_saves_exits_143_and_resume_keeps_step0_loss(tiny_recipe, tmp_pa
     out = pretrain(recipe)
     summary = json.loads((out / "run_summary.json").read_text())
     assert step0[0] == 0 and summary["initial_val_loss"] == pytest.approx(step0[1], abs=1e-9)
+
+
+def test_processes_of_a_launch_share_the_main_process_precision(tmp_path):
+    """`auto` on a CPU is decided by timing matrix products; under `accelerate launch` only the
+    main process times them and the others take its answer, so no two processes autocast
+    differently (each timing its own could land on both sides of the threshold)."""
+    script = tmp_path / "agree.py"
+    script.write_text(
+        "import json, sys\n"
+        "from accelerate import PartialState\n"
+        "from mlm.cpus import cpu_bf16_speedup\n"
+        "from mlm.pretrain import _agreed_precision\n"
+        "precision = _agreed_precision('auto', 'cpu')\n"
+        "state = PartialState()\n"
+        "out = {'precision': precision, 'probes': cpu_bf16_speedup.cache_info().misses,\n"
+        "       'processes': state.num_processes}\n"
+        "(__import__('pathlib').Path(sys.argv[1]) / f'{state.process_index}.json')"
+        ".write_text(json.dumps(out))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+    res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                          "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                          "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
+                          "--dynamo_backend", "no", str(script), str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    main, other = (json.loads((tmp_path / f"{i}.json").read_text()) for i in (0, 1))
+    assert main["processes"] == other["processes"] == 2
+    assert main["probes"] == 1 and other["probes"] == 0  # only the main process measured
+    assert other["precision"] == main["precision"] in ("no", "bf16")
