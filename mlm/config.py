@@ -19,6 +19,9 @@ import yaml
 
 from mlm.errors import UserError
 
+SEED_MAX = 2**32 - 1
+"""Largest seed numpy's generator (seeded by `set_seed`) accepts."""
+
 
 def bounded(default: Any, lo: float | None = None, hi: float | None = None, *,
             above: bool = False, below: bool = False) -> Any:
@@ -30,9 +33,13 @@ def bounded(default: Any, lo: float | None = None, hi: float | None = None, *,
 def allowed_range(rng: tuple) -> str:
     """`(0, 1]`-style text of a field's range."""
     lo, hi, above, below = rng
+
+    def num(v: float) -> str:  # integers in full (a seed's 4294967295, not 4.29497e+09)
+        return str(v) if isinstance(v, int) else f"{v:g}"
+
     if hi is None:
-        return f"{'>' if above else '>='} {lo:g}"
-    return f"{'(' if above else '['}{lo:g}, {hi:g}{')' if below else ']'}"
+        return f"{'>' if above else '>='} {num(lo)}"
+    return f"{'(' if above else '['}{num(lo)}, {num(hi)}{')' if below else ']'}"
 
 
 def check_ranges(obj: Any, where: str = "") -> None:
@@ -117,7 +124,7 @@ class CleanConfig:
 class SplitConfig:
     validation_fraction: float = bounded(0.05, 0, 0.5, above=True)
     """Share of documents held out for validation loss, assigned by a hash of the text."""
-    split_seed: int = 0
+    split_seed: int = bounded(0, 0, SEED_MAX)
     """Salt of the hash that assigns documents to train or validation."""
 
 
@@ -325,7 +332,7 @@ class TrainingConfig:
     """Validation blocks used per evaluation."""
     logging_steps: int = bounded(20, 1, None)
     """Log training loss every this many updates."""
-    seed: int = 42
+    seed: int = bounded(42, 0, SEED_MAX)
     """Seed of model initialisation, data order and masks."""
     dataloader_num_workers: int | None = bounded(None, 0, None)
     """DataLoader worker processes that mask batches ahead of the model (default: none on CPU,
@@ -392,6 +399,19 @@ class HubConfig:
     """Create the repository as private."""
     hub_revision: str | None = None
     """Branch to push to (default: main)."""
+
+    def check(self) -> None:
+        if not self.push_to_hub:
+            return
+        if not self.hub_model_id:
+            raise UserError("--push_to_hub needs --hub_model_id (namespace/name)")
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:  # before the run, not after hours of training
+            validate_repo_id(self.hub_model_id)
+        except HFValidationError as exc:
+            raise UserError(f"--hub_model_id {self.hub_model_id!r} is not a repository id: "
+                            f"{exc}") from None
 
 
 @dataclass
@@ -524,10 +544,15 @@ def to_dict(obj: Any) -> Any:
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, with a clear error for a missing file or bad syntax."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a recipe file (YAML)")
     if not path.is_file():
         raise UserError(f"recipe not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
+                        "as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

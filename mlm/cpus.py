@@ -103,7 +103,7 @@ def resolve_precision(setting: str, device_type: str) -> str:
     import torch
 
     if device_type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "no"
     if device_type == "cpu":
         return "bf16" if cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "no"
     return "no"

@@ -104,6 +104,7 @@ def load_checkpoint(path: str | Path, tokenizer=None, auto=AutoModelForMaskedLM,
             model = auto.from_pretrained(
                 str(path), config=config, use_safetensors=True, trust_remote_code=False,
                 attn_implementation="sdpa", ignore_mismatched_sizes=auto is not AutoModelForMaskedLM,
+                dtype=torch.float32,  # whatever the checkpoint's dtype: trained in float32 + autocast
             )
     except (ValueError, OSError) as exc:
         raise UserError(f"{path}: cannot be loaded as {what} model ({exc})") from None

@@ -48,6 +48,8 @@ def pretrain(recipe: Recipe) -> Path:
     """Run the recipe end to end; returns the output folder (a save_pretrained model)."""
     check_ranges(recipe)  # every setting, before any work
     out = Path(recipe.training.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out} is a file; give a folder")
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
         resume_from = _resume_point(recipe)
@@ -138,6 +140,8 @@ class Run:
         self.engine.skipped += self.progress.nonfinite_total  # counted over the whole run
         self.loader = self.stream.loader(self.progress)
         first = self.validate(self.engine.objective)
+        if resume_from is None and a.is_main_process:
+            remove_stale(self.out)  # the run is set up: the old model's results go now
         self.log = RunLog(a, self.out, self.progress.step if resume_from else None)  # opened last
         if resume_from is None:
             self.log.validation(self.progress, first)
@@ -711,8 +715,8 @@ def _resume_point(recipe: Recipe) -> Path | None:
 
 def guard_output_dir(recipe: Recipe, out: Path) -> None:
     """A fresh run refuses a folder holding a model trained with other settings, unless
-    --overwrite_output_dir; then what the new model makes stale (fine-tuning results, model
-    card, the old run's checkpoints and metrics) is removed before any work."""
+    --overwrite_output_dir (checked before any work; what the new model makes stale goes only
+    once the run is set up: `remove_stale`)."""
     t = recipe.training
     saved = out / "recipe.resolved.yaml"
     if saved.is_file() and not t.overwrite_output_dir:
@@ -724,6 +728,13 @@ def guard_output_dir(recipe: Recipe, out: Path) -> None:
                             f"({'; '.join(diffs[:3])}); pass --overwrite_output_dir to replace "
                             "it (its fine-tuning results and model card go too), or choose "
                             "another --output_dir")
+
+
+def remove_stale(out: Path) -> None:
+    """Remove what a new model in `out` makes stale: fine-tuning results, model card, the old
+    run's checkpoints, metrics and summary. Called once the new run's data, model and first
+    validation are ready, so a run that fails to start (a missing source, a bad model path)
+    leaves the old model's folder as it was."""
     for stale in ("finetune", "README.md", "checkpoints", "metrics.jsonl", "run_summary.json"):
         path = out / stale
         if path.is_dir():
@@ -793,11 +804,15 @@ def device_peak_flops(device: torch.device, mixed_precision: str) -> float | Non
     """Peak dense FLOP/s: a table for GPUs, a short matmul measurement on CPU."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        table = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
-        for key, value in table.items():
-            if key in name:
-                return value if mixed_precision != "no" else value / 2
-        return None
+        # bf16 dense tensor-core peaks; the first key the name contains wins, so the more
+        # specific names come first ("H100 PCIe" before "H100", "L40S" and "L40" before "L4")
+        table = {"H100 PCIe": 756e12, "H200": 989e12, "H100": 989e12, "A100": 312e12,
+                 "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10": 125e12}
+        value = next((v for key, v in table.items() if key in name), None)
+        if value is None or mixed_precision != "no":
+            return value
+        # float32 reaches tensor cores only as TF32 (half the bf16 rate), and only if allowed
+        return value / 2 if torch.get_float32_matmul_precision() != "highest" else None
     if device.type != "cpu":
         return None
     dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float32

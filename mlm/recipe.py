@@ -42,7 +42,7 @@ def resolve_path(spec: str, base: Path | None = None) -> Path:
         except (ImportError, ValueError):
             found = None
         if found is None or not (found.submodule_search_locations or found.origin):
-            raise UserError(f"source '{spec}': Python package '{package}' is not installed")
+            raise UserError(f"'{spec}': Python package '{package}' is not installed")
         root = Path(next(iter(found.submodule_search_locations))) if found.submodule_search_locations \
             else Path(found.origin).parent
         return root / sub if sub else root
@@ -83,8 +83,12 @@ def read_listing(listing: Path, missing: str) -> list[str]:
     lines and `#` comments skipped; `missing`: the error when there is no such file."""
     if not listing.is_file():
         raise UserError(missing)
-    return [line.strip() for line in listing.read_text(encoding="utf-8").splitlines()
-            if line.strip() and not line.startswith("#")]
+    try:
+        text = listing.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{listing}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
+                        "as UTF-8") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def document_entries(entries: list[str], root: Path) -> dict[str, str]:

@@ -27,11 +27,16 @@ def test_help_lists_transformers_style_flags():
     ("sources:\n  - path: /nonexistent/dir/*.txt\n", "matches no file"),
     ("sources:\n  - path: /nonexistent/file.txt\n", "does not exist"),
     ("sources: [\n", "invalid YAML"),
+    ("sources:\n  - path: x\ntraining:\n  output_dir: missing.yaml\n", "is a file; give a folder"),
+    ("sources:\n  - path: x\nhub:\n  push_to_hub: true\n", "--push_to_hub needs --hub_model_id"),
+    ("sources:\n  - path: x\nhub:\n  push_to_hub: true\n  hub_model_id: me/a/b\n",
+     "--hub_model_id 'me/a/b' is not a repository id"),
+    ("name: caf\u00e9\nsources:\n  - path: x\n".encode("latin-1"), "missing.yaml: not UTF-8 text"),
 ])
 def test_bad_recipe_exits_2_with_one_line(tmp_path, content, expected):
     path = tmp_path / "missing.yaml"
     if content is not None:
-        path.write_text(content)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
     res = run("--recipe", str(path), cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     assert expected in res.stderr
@@ -57,6 +62,7 @@ def test_readme_documents_every_flag():
     ("--max_seq_length", "0", "(--max_seq_length) = 0: allowed >= 8"),
     ("--warmup_ratio", "nan", "(--warmup_ratio) = nan: allowed [0, 1)"),
     ("--dedup_threshold", "2", "(--dedup_threshold) = 2: allowed (0, 1]"),
+    ("--seed", "-1", "(--seed) = -1: allowed [0, 4294967295]"),
 ])
 def test_bad_numbers_refused_before_any_work(tmp_path, flag, value, expected):
     """One line naming the setting and its range, exit 2, and nothing written (no corpus,

@@ -48,6 +48,13 @@ def test_other_model_needs_overwrite_which_clears_stale_results(tiny_recipe, tmp
         pretrain(other)
     assert (out / "finetune" / "results.json").exists()  # refused before touching anything
     other.training.overwrite_output_dir = True
+    source = other.sources[0].path
+    other.sources[0].path = str(tmp_path / "missing")  # a run that cannot start ...
+    with pytest.raises(UserError, match="missing"):
+        pretrain(other)
+    assert (out / "finetune" / "results.json").exists()  # ... leaves the old model's results
+    assert (out / "README.md").exists() and (out / "metrics.jsonl").exists()
+    other.sources[0].path = source
     pretrain(other)
     assert not (out / "finetune").exists() and not (out / "README.md").exists()
     assert '"model_family": "bert"' in (out / "run_summary.json").read_text().replace("'", '"')

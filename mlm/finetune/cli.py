@@ -82,6 +82,8 @@ def build_config(args: dict) -> FinetuneConfig:
             raise UserError("--push_to_hub needs --hub_model_id")
         if cfg.run.save_models == "none":
             raise UserError("--push_to_hub needs a saved model: drop --save_models none")
+        if cfg.models and all(m == "tfidf-logreg" for m in cfg.models):
+            raise UserError("--push_to_hub: tfidf-logreg alone leaves no model folder to push")
     return cfg
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mlm.config import HubConfig, bounded
+from mlm.config import SEED_MAX, HubConfig, bounded
+from mlm.errors import UserError
 
 DEMO_MODEL = "runs/demo"
 DEFAULT_MODELS = [DEMO_MODEL, "random-init", "tfidf-logreg"]
@@ -66,7 +67,7 @@ class DataConfig:
     """Number of examples carved for validation (overrides validation_split)."""
     test_split: float = bounded(0.2, 0, 1, above=True, below=True)
     """Share of train_file carved out for testing when there is neither test_file nor test_list."""
-    split_seed: int = 0
+    split_seed: int = bounded(0, 0, SEED_MAX)
     """Seed of the carved validation/test splits (recorded in results.json)."""
 
 
@@ -169,11 +170,16 @@ class ProtocolConfig:
     subsets, nested across sizes, for a given seed."""
     seeds: int = bounded(3, 1, None)
     """Repeats per (model, size): subset, initialisation and data order change with the seed."""
-    seed: int = 42
+    seed: int = bounded(42, 0, SEED_MAX)
     """First seed; the repeats use seed, seed+1, ..."""
     metric: str | None = None
     """Score that picks the best epoch and the winner (default: macro_f1 for classification,
     f1 for NER)."""
+
+    def check(self) -> None:
+        if self.seed + self.seeds - 1 > SEED_MAX:
+            raise UserError(f"seed {self.seed} with seeds {self.seeds}: the last seed, "
+                            f"{self.seed + self.seeds - 1}, is outside [0, {SEED_MAX}]")
 
 
 @dataclass

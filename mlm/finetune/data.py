@@ -6,6 +6,7 @@ Examples stay plain Python objects (a few thousand at most); tokenization happen
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import random
@@ -78,10 +79,34 @@ class TaskData:
 
 
 def _open_text(path: Path, newline: str | None = None):
-    """A text file, decompressed on the fly when it ends in .gz/.bz2/.xz/.zst."""
+    """A UTF-8 text file, decompressed on the fly when it ends in .gz/.bz2/.xz/.zst; a byte-order
+    mark (spreadsheets write one) is dropped, so the first column keeps its name."""
     if split_suffix(path)[1] is None:
-        return path.open(encoding="utf-8", newline=newline)
-    return io.TextIOWrapper(open_binary(path), encoding="utf-8", newline=newline)
+        return path.open(encoding="utf-8-sig", newline=newline)
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", newline=newline)
+
+
+def _utf8(read):
+    """A reader of `path` (its first argument) whose file is not UTF-8 stops with the file and
+    line of the first bad byte, not a decoding traceback."""
+    @functools.wraps(read)
+    def checked(path: Path, *args, **kwargs):
+        try:
+            return read(path, *args, **kwargs)
+        except UnicodeDecodeError as exc:
+            with open_binary(path) as f:
+                line = next((n for n, raw in enumerate(f, 1) if not _decodes(raw)), "?")
+            raise UserError(f"{path}:{line}: not UTF-8 text ({exc.reason}); save the file as "
+                            "UTF-8") from None
+    return checked
+
+
+def _decodes(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def _format_of(path: Path, fmt: str) -> str:
@@ -144,6 +169,7 @@ def _labels_of(value, cfg: DataConfig, where: str) -> list[str]:
     return [str(value).strip()]
 
 
+@_utf8
 def read_classification(path: Path, cfg: DataConfig) -> list[TextExample]:
     """Examples of a CSV/TSV/JSONL file (text, optional pair, label columns), or of a class
     layout (folders, lines)."""
@@ -162,7 +188,10 @@ def read_classification(path: Path, cfg: DataConfig) -> list[TextExample]:
             if col is not None and col not in row:
                 raise UserError(f"{where}: no column '{col}' (found: {', '.join(map(str, row))})")
         text = row[cfg.text_column]
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise UserError(f"{where}: column '{cfg.text_column}' holds {type(text).__name__} "
+                            f"{text!r}, not text")
+        if not text.strip():
             raise UserError(f"{where}: empty text in column '{cfg.text_column}'")
         pair = row[cfg.text_pair_column] if cfg.text_pair_column else None
         out.append(TextExample(text, None if pair is None else str(pair),
@@ -210,6 +239,9 @@ def read_class_folders(root: Path, test_list: Path | None = None):
     With `test_list` (paths relative to `root`, one per line) the listed documents are the test
     set and the others the pool; without it, test is empty.
     """
+    if not root.is_dir():
+        raise UserError(f"{root}: not a folder (file_format folders: one subfolder of .txt "
+                        "documents per class)")
     classes = sorted(p for p in root.iterdir() if p.is_dir())
     if not classes:
         raise UserError(f"{root}: no class subfolders")
@@ -236,6 +268,7 @@ def read_class_folders(root: Path, test_list: Path | None = None):
 # NER readers and tag schemes.
 
 
+@_utf8
 def read_conll(path: Path) -> list[tuple[list[str], list[str], int]]:
     """Sentences of a CoNLL file as (tokens, raw tags, first line number).
 
@@ -243,7 +276,7 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str], int]]:
     lines are skipped. Every token line must have the same number of columns.
     """
     sentences, tokens, tags, start, ncols, first = [], [], [], 0, None, 0
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             parts = line.split("\t") if "\t" in line else line.split(" ")
@@ -271,6 +304,7 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str], int]]:
     return sentences
 
 
+@_utf8
 def read_ner_jsonl(path: Path, cfg: DataConfig) -> list[tuple[list[str], list[str], int]]:
     out = []
     for lineno, row in _rows(path, "jsonl"):
@@ -491,6 +525,9 @@ def _label_set(cfg: DataConfig, pool, others: dict, paths: dict) -> list[str]:
     if cfg.task == "classification" and not seen:
         raise UserError(f"{paths['train']}: no labels in column '{cfg.label_column}'")
     allowed = declared or seen
+    if cfg.task == "classification" and not cfg.multi_label and len(allowed) < 2:
+        raise UserError(f"{paths['train']}: every example has the label '{allowed[0]}' (column "
+                        f"'{cfg.label_column}'); classification needs at least 2 labels")
     for split, exs in [("train", pool), *others.items()]:
         for ex in exs:
             bad = [n for n in names(ex) if n not in allowed]

@@ -10,6 +10,7 @@ saved with `save_pretrained`, so pipelines and Trainer users load it unchanged.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
@@ -73,6 +74,13 @@ def check_model_folder(spec: str) -> Path:
                         f"{RANDOM_INIT} or {TFIDF}")
     if not (path / "config.json").is_file():
         raise UserError(f"model '{spec}': not a model folder (no config.json)")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        config = None
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise UserError(f"model '{spec}': {path / 'config.json'} is not a transformers "
+                        "configuration (no model_type)")
     return path
 
 
@@ -113,10 +121,13 @@ def load_model(spec: str, first_folder: Path, task: str, label_names: list[str],
     # per run is noise
     try:
         with quiet_transformers():
+            # float32 weights whatever the checkpoint's dtype (transformers loads a bf16/fp16
+            # checkpoint as is, and the optimizer would then update half-precision weights);
+            # autocast decides the compute precision
             if spec == RANDOM_INIT:
-                model = auto.from_config(config)
+                model = auto.from_config(config, dtype=torch.float32)
             else:
-                model = auto.from_pretrained(str(folder), config=config,
+                model = auto.from_pretrained(str(folder), config=config, dtype=torch.float32,
                                              ignore_mismatched_sizes=True)
     except (OSError, ValueError) as exc:
         raise UserError(f"model '{spec}': cannot be loaded for {task} ({exc})") from None

@@ -99,10 +99,37 @@ def check_models(models: list[str], task: str | None = None) -> Path | None:
     return check_model_folder(folders[0]) if folders else None
 
 
-def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneConfig, log) -> dict:
-    """Every model × size × seed on one task; returns its results section."""
+def load_checked(task: TaskConfig, models: list[str], cfg: FinetuneConfig) -> TaskData:
+    """The task's data, read and checked with its metric and sizes: `finetune` calls it for every
+    task of a suite before the first run, so a mistake in the last task stops before any work."""
     base = Path(cfg.path).resolve().parent if cfg.path else None
     data: TaskData = load_task(task.data, base)
+    kind = task.data.task
+    check_models(models, kind)
+    metric = task.protocol.metric or ("macro_f1" if kind == "classification" else "f1")
+    names = CLASSIFICATION_METRICS if kind == "classification" else NER_METRICS
+    if metric not in names:
+        raise UserError(f"--metric {metric} is not one of {', '.join(names)} for {kind}")
+    parse_sizes(task.protocol.train_sizes, len(data.train))
+    t = task.training
+    length, flag = (t.ner_max_length, "ner_max_length") if kind == "ner" else (t.max_length, "max_length")
+    for m in [m for m in models if is_folder_spec(m)]:
+        config = json.loads((check_model_folder(m) / "config.json").read_text(encoding="utf-8"))
+        positions = config.get("max_position_embeddings")
+        if isinstance(positions, int) and length > positions:
+            raise UserError(f"--{flag} {length} is longer than model '{m}' reads "
+                            f"(max_position_embeddings {positions}): allowed [8, {positions}]")
+    if kind == "ner" and t.doc_stride >= t.ner_max_length - 2:  # [CLS] and [SEP] take two
+        raise UserError(f"--doc_stride {t.doc_stride} must be smaller than the window, "
+                        f"--ner_max_length {t.ner_max_length} less its 2 special tokens")
+    return data
+
+
+def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneConfig, log,
+             data: TaskData | None = None) -> dict:
+    """Every model × size × seed on one task (`data`: as `load_checked` read it); returns its
+    results section."""
+    data = data if data is not None else load_checked(task, models, cfg)
     for note in data.notes:
         log(f"  note: {note}")
     kind = task.data.task
@@ -110,8 +137,6 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
     training = {spec: training_for(spec, task.training) for spec in models}  # before any run
     metric = task.protocol.metric or ("macro_f1" if kind == "classification" else "f1")
     names = CLASSIFICATION_METRICS if kind == "classification" else NER_METRICS
-    if metric not in names:
-        raise UserError(f"--metric {metric} is not one of {', '.join(names)} for {kind}")
     sizes = parse_sizes(task.protocol.train_sizes, len(data.train))
     seeds = [task.protocol.seed + i for i in range(task.protocol.seeds)]
     strat = kind == "classification" and not data.multi_label
@@ -304,22 +329,24 @@ def finetune(config: FinetuneConfig) -> dict:
     check_ranges(config)  # every number, before any work
     set_torch_threads(config.run.torch_threads)
     log = (lambda *_: None) if config.run.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    for task in config.tasks:  # every task's models, before any work (SetFit has no NER route)
-        check_models(config.models, task.data.task)
-    out_dir = Path(config.run.output_dir) if config.run.output_dir else default_output_dir(config.models)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    t0 = time.time()
     names = [t.name for t in config.tasks]
     if len(set(names)) != len(names):
         raise UserError("two tasks share a name; give each task of the suite its own name")
+    # Every task's data, models, metric and sizes, before any work (SetFit has no NER route).
+    data = {t.name: load_checked(t, config.models, config) for t in config.tasks}
+    out_dir = Path(config.run.output_dir) if config.run.output_dir else default_output_dir(config.models)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--output_dir {out_dir} is a file; give a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    t0 = time.time()
     results = {"name": config.name, "models": [model_label(m) for m in config.models], "tasks": [],
                "kinds": {model_label(m): model_kind(m) for m in config.models},
                "torch_threads": torch.get_num_threads()}
     state = run_state()
     main = state.is_main_process  # every process has every row; one writes them
     for task in config.tasks:
-        section = run_task(task, config.models, out_dir, config, log)
+        section = run_task(task, config.models, out_dir, config, log, data.pop(task.name))
         png = out_dir / f"learning_curve_{_slug(task.name)}.png"
         if main:
             plot_learning_curves(section, png)

