@@ -5,6 +5,7 @@ Models are plain transformers `*ForMaskedLM` classes, so what we save is a stand
 """
 from __future__ import annotations
 
+import json
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,31 @@ def model_shape(cfg: ModelConfig) -> dict:
         )
     return {"num_hidden_layers": layers, "hidden_size": hidden, "num_attention_heads": heads,
             "intermediate_size": cfg.intermediate_size or 4 * hidden}
+
+
+def check_model_settings(cfg: ModelConfig, max_seq_length: int) -> None:
+    """What building or loading the model would refuse, checked before any work: the shape of a
+    model built from scratch; for a checkpoint, that it is a model folder whose positions
+    cover max_seq_length."""
+    if not cfg.model_name_or_path:
+        model_shape(cfg)
+        return
+    path = resolve_path(cfg.model_name_or_path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"--model_name_or_path {cfg.model_name_or_path}: not a model folder "
+                        f"(no config.json in {path})")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        config = None
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise UserError(f"--model_name_or_path {cfg.model_name_or_path}: {path / 'config.json'} "
+                        "is not a transformers configuration (no model_type)")
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and max_seq_length > positions:
+        raise UserError(f"--max_seq_length {max_seq_length} is longer than "
+                        f"{cfg.model_name_or_path} reads (max_position_embeddings {positions}): "
+                        f"allowed [8, {positions}]")
 
 
 def build_config(cfg: ModelConfig, tokenizer, max_seq_length: int):

@@ -33,7 +33,7 @@ from mlm.corpus.build import corpus_stats, format_stats
 from mlm.cpus import resolve_precision, set_torch_threads
 from mlm.errors import Stopped, UserError
 from mlm.masking import MaskingCollator
-from mlm.modeling import count_parameters, param_groups, quiet_transformers
+from mlm.modeling import check_model_settings, count_parameters, param_groups, quiet_transformers
 from mlm.objective import build_objective
 from mlm.packing import load_blocks, prepare_blocks
 from mlm.recipe import corpus_fingerprint, fingerprint
@@ -47,6 +47,7 @@ __all__ = ["pretrain", "prepare_data", "load_blocks"]
 def pretrain(recipe: Recipe) -> Path:
     """Run the recipe end to end; returns the output folder (a save_pretrained model)."""
     check_ranges(recipe)  # every setting, before any work
+    check_model_settings(recipe.model, recipe.packing.max_seq_length)
     out = Path(recipe.training.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file; give a folder")
@@ -243,12 +244,12 @@ class Engine:
                 loss = self.objective(**batch)["loss"]
             a.backward(loss)  # every rank, so DDP's all-reduce never waits
             if a.sync_gradients:
-                self._update(fraction)
+                self._update(fraction, loss.detach())
             self.optimizer.zero_grad(set_to_none=True)
         self.losses.append(loss.detach().float())
         return a.sync_gradients
 
-    def _update(self, fraction: float) -> None:
+    def _update(self, fraction: float, loss: torch.Tensor) -> None:
         t, a = self.training, self.accelerator
         self.lr = t.learning_rate * lr_factor(fraction, t.warmup_ratio, t.lr_scheduler_type)
         for group in self.optimizer.param_groups:
@@ -259,10 +260,19 @@ class Engine:
         norm = a.clip_grad_norm_(self.objective.parameters(), t.max_grad_norm)
         if norm is None:  # DeepSpeed clips (and skips) inside its own step
             norm = torch.zeros((), device=a.device)
-        bad = (~torch.isfinite(norm)).float()  # the same on every rank after the all-reduce
+        if a.scaler is not None:
+            # fp16 (GPU): the grad scaler skips an overflowing update itself and lowers its
+            # scale, which must happen for training to go on, and early overflows are routine,
+            # not divergence: only a non-finite loss counts here (on any rank, so that every
+            # rank counts the same streak and stops at the same step)
+            bad = a.reduce((~torch.isfinite(loss)).float(), reduction="sum").clamp(max=1)
+        else:
+            bad = (~torch.isfinite(norm)).float()  # the same on every rank after the all-reduce
         self.in_a_row = (self.in_a_row + 1) * bad
         self.skipped += bad
-        if self.fused:
+        if a.scaler is not None:
+            self.optimizer.step()  # the scaler's step and update
+        elif self.fused:
             self.optimizer.optimizer.found_inf = bad  # the fused step skips, on the device
             self.optimizer.step()
         elif not bad.item():

@@ -63,6 +63,9 @@ def test_readme_documents_every_flag():
     ("--warmup_ratio", "nan", "(--warmup_ratio) = nan: allowed [0, 1)"),
     ("--dedup_threshold", "2", "(--dedup_threshold) = 2: allowed (0, 1]"),
     ("--seed", "-1", "(--seed) = -1: allowed [0, 4294967295]"),
+    # what building or loading the model would refuse, before the corpus and tokenizer stages
+    ("--num_attention_heads", "3", "hidden_size 256 is not divisible by num_attention_heads 3"),
+    ("--model_name_or_path", "nothing/here", "--model_name_or_path nothing/here: not a model folder"),
 ])
 def test_bad_numbers_refused_before_any_work(tmp_path, flag, value, expected):
     """One line naming the setting and its range, exit 2, and nothing written (no corpus,

@@ -124,7 +124,12 @@ def run_classification(spec: str, subset: list[TextExample], data: TaskData, see
                 trainer.remove_callback(callback)
             if progress is not None:
                 trainer.add_callback(_progress_callback(progress, steps))
-            trainer.st_trainer.args.dataloader_pin_memory = device.type == "cuda"
+            st_args = trainer.st_trainer.args
+            st_args.dataloader_pin_memory = device.type == "cuda"
+            # one device, the model's: on a machine with several GPUs transformers' Trainer
+            # would otherwise wrap the body in DataParallel over all of them (batch x GPUs)
+            _ = st_args.n_gpu  # transformers sets up its devices once, here
+            st_args._n_gpu = min(st_args._n_gpu, 1)
             if _pairs_exist(y, len(names), ml):
                 trainer.train()
             else:  # e.g. every text shares a label: no dissimilar pair to learn from, head only
