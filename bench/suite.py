@@ -141,6 +141,7 @@ def main() -> int:
                 routes += [f"setfit:{r}" for r in routes if "minilm" in r]
         else:  # SetFit classifies whole texts: no NER route
             baselines = [b for b in baselines if not b.startswith("setfit")]
+            routes = [r for r in routes if not r.startswith("setfit:")]
         cfg = task_config(task.name, routes + baselines, Path(args.output_dir) / task.name,
                           args.seeds, args.sizes, args.num_train_epochs, settings)
         results = finetune(cfg)

@@ -124,7 +124,7 @@ class CleanConfig:
 class SplitConfig:
     validation_fraction: float = bounded(0.05, 0, 0.5, above=True)
     """Share of documents held out for validation loss, assigned by a hash of the text."""
-    split_seed: int = bounded(0, 0, SEED_MAX)
+    split_seed: int = 0
     """Salt of the hash that assigns documents to train or validation."""
 
 

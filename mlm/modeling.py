@@ -48,6 +48,18 @@ def model_shape(cfg: ModelConfig) -> dict:
             "intermediate_size": cfg.intermediate_size or 4 * hidden}
 
 
+def usable_positions(config: dict) -> int | None:
+    """Tokens per sequence a checkpoint's config.json allows: max_position_embeddings, less
+    RoBERTa's padding offset (its positions start after the pad id); None when positions are
+    not absolute embeddings (DeBERTa without position_biased_input) or not stated."""
+    positions = config.get("max_position_embeddings")
+    if not isinstance(positions, int) or config.get("position_biased_input") is False:
+        return None
+    if config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        return positions - int(config.get("pad_token_id") or 1) - 1
+    return positions
+
+
 def check_model_settings(cfg: ModelConfig, max_seq_length: int) -> None:
     """What building or loading the model would refuse, checked before any work: the shape of a
     model built from scratch; for a checkpoint, that it is a model folder whose positions
@@ -66,8 +78,8 @@ def check_model_settings(cfg: ModelConfig, max_seq_length: int) -> None:
     if not isinstance(config, dict) or not config.get("model_type"):
         raise UserError(f"--model_name_or_path {cfg.model_name_or_path}: {path / 'config.json'} "
                         "is not a transformers configuration (no model_type)")
-    positions = config.get("max_position_embeddings")
-    if isinstance(positions, int) and max_seq_length > positions:
+    positions = usable_positions(config)
+    if positions is not None and max_seq_length > positions:
         raise UserError(f"--max_seq_length {max_seq_length} is longer than "
                         f"{cfg.model_name_or_path} reads (max_position_embeddings {positions}): "
                         f"allowed [8, {positions}]")

@@ -266,6 +266,11 @@ class Engine:
             # not divergence: only a non-finite loss counts here (on any rank, so that every
             # rank counts the same streak and stops at the same step)
             bad = a.reduce((~torch.isfinite(loss)).float(), reduction="sum").clamp(max=1)
+            # ... or overflows that have driven the scale below 1: no update can happen any more
+            scale = getattr(a.scaler, "_scale", None)  # torch's tensor: no host sync
+            if scale is not None:
+                overflow = (~torch.isfinite(norm)).float() * (scale.reshape(()) < 1).float()
+                bad = torch.maximum(bad, overflow)
         else:
             bad = (~torch.isfinite(norm)).float()  # the same on every rank after the all-reduce
         self.in_a_row = (self.in_a_row + 1) * bad

@@ -56,3 +56,15 @@ def test_layer_decay_gives_each_depth_its_rate(family):
     plain = param_groups(model, 0.01)
     assert len(plain) == 2 and all("lr" not in g for g in plain)
     assert sum(len(g["params"]) for g in plain) == len(rate)
+
+
+def test_usable_positions_follow_each_family():
+    """RoBERTa's positions start after the pad id (514 embeddings read 512 tokens); DeBERTa
+    without absolute positions has no limit to check."""
+    from mlm.modeling import usable_positions
+
+    assert usable_positions({"model_type": "roberta", "max_position_embeddings": 514,
+                             "pad_token_id": 1}) == 512
+    assert usable_positions({"model_type": "bert", "max_position_embeddings": 512}) == 512
+    assert usable_positions({"model_type": "deberta-v2", "max_position_embeddings": 512,
+                             "position_biased_input": False}) is None

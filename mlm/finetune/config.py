@@ -67,7 +67,7 @@ class DataConfig:
     """Number of examples carved for validation (overrides validation_split)."""
     test_split: float = bounded(0.2, 0, 1, above=True, below=True)
     """Share of train_file carved out for testing when there is neither test_file nor test_list."""
-    split_seed: int = bounded(0, 0, SEED_MAX)
+    split_seed: int = bounded(0, 0, SEED_MAX - 1)  # the validation carve uses split_seed + 1
     """Seed of the carved validation/test splits (recorded in results.json)."""
 
 

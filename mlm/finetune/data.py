@@ -95,9 +95,10 @@ def _utf8(read):
             return read(path, *args, **kwargs)
         except UnicodeDecodeError as exc:
             with open_binary(path) as f:
-                line = next((n for n, raw in enumerate(f, 1) if not _decodes(raw)), "?")
-            raise UserError(f"{path}:{line}: not UTF-8 text ({exc.reason}); save the file as "
-                            "UTF-8") from None
+                line = next((n for n, raw in enumerate(f, 1) if not _decodes(raw)), None)
+            where = f"{path}:{line}" if line else str(path)
+            raise UserError(f"{where}: not UTF-8 text ({exc.reason}); save the file as UTF-8") \
+                from None
     return checked
 
 
@@ -276,7 +277,7 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str], int]]:
     lines are skipped. Every token line must have the same number of columns.
     """
     sentences, tokens, tags, start, ncols, first = [], [], [], 0, None, 0
-    with path.open(encoding="utf-8-sig") as f:
+    with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             parts = line.split("\t") if "\t" in line else line.split(" ")

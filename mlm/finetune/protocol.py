@@ -39,7 +39,7 @@ from mlm.finetune.engine import (
     setfit_body,
 )
 from mlm.finetune.metrics import CLASSIFICATION_METRICS, NER_METRICS, interval
-from mlm.modeling import quiet_transformers
+from mlm.modeling import quiet_transformers, usable_positions
 
 
 def parse_sizes(spec: str, pool: int) -> list[int]:
@@ -115,8 +115,8 @@ def load_checked(task: TaskConfig, models: list[str], cfg: FinetuneConfig) -> Ta
     length, flag = (t.ner_max_length, "ner_max_length") if kind == "ner" else (t.max_length, "max_length")
     for m in [m for m in models if is_folder_spec(m)]:
         config = json.loads((check_model_folder(m) / "config.json").read_text(encoding="utf-8"))
-        positions = config.get("max_position_embeddings")
-        if isinstance(positions, int) and length > positions:
+        positions = usable_positions(config)
+        if positions is not None and length > positions:
             raise UserError(f"--{flag} {length} is longer than model '{m}' reads "
                             f"(max_position_embeddings {positions}): allowed [8, {positions}]")
     if kind == "ner" and t.doc_stride >= t.ner_max_length - 2:  # [CLS] and [SEP] take two

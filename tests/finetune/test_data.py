@@ -83,6 +83,11 @@ def test_spreadsheet_and_latin1_files(tmp_path):
     latin.write_bytes(("text,label\n" + rows + "caf\u00e9 cr\u00e8me,pos\n").encode("latin-1"))
     with pytest.raises(UserError, match=r"latin.csv:42: not UTF-8 text"):
         load_task(DataConfig(train_file=str(latin)))
+    packed = tmp_path / "ner.conll.gz"  # compressed CoNLL is read, not mistaken for bad text
+    import gzip
+
+    packed.write_bytes(gzip.compress("Jos\u00e9 B-PER\nvisits O\n\nParis B-LOC\n".encode()))
+    assert [s.tokens for s in read_ner(packed, DataConfig(task="ner"))[0]] == [["Jos\u00e9", "visits"], ["Paris"]]
     conll = tmp_path / "latin.conll"
     conll.write_bytes("Jos\u00e9 B-PER\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"latin.conll:1: not UTF-8 text"):
