@@ -322,7 +322,7 @@ class TrainingConfig:
     max_grad_norm: float = bounded(1.0, 0, None, above=True)
     """Gradient clipping threshold."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    """Autocast precision. auto: bf16 on a GPU that supports it, and on a CPU whose bf16 matrix
+    """Autocast precision. auto: bf16 on a GPU with native bf16 (Ampere or newer), and on a CPU whose bf16 matrix
     products run faster than float32's (native AVX-512 BF16 or AMX: about 1.5x the tokens/s);
     else no (float32; where bf16 is slow, autocast ran at 0.46-0.74x). The run summary records the
     choice."""
@@ -541,6 +541,16 @@ def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj)
 
 
+def read_utf8(path: Path) -> str:
+    """A whole UTF-8 text file (a byte-order mark dropped), or one line naming the file and its
+    first bad byte."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
+                        "as UTF-8") from None
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, with a clear error for a missing file or bad syntax."""
     path = Path(path)
@@ -549,10 +559,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"recipe not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
-                        "as UTF-8") from None
+        data = yaml.safe_load(read_utf8(path)) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

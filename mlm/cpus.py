@@ -96,7 +96,7 @@ def cpu_bf16_speedup(size: int = 512, seconds: float = 0.05) -> float:
 
 def resolve_precision(setting: str, device_type: str) -> str:
     """The autocast precision a run uses on `device_type`: the setting as given, and for `auto`
-    bf16 on a GPU that supports it and on a CPU where `cpu_bf16_speedup()` reaches
+    bf16 on a GPU with native bf16 and on a CPU where `cpu_bf16_speedup()` reaches
     BF16_MIN_SPEEDUP, else "no" (float32)."""
     if setting != "auto":
         return setting

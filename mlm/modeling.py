@@ -60,6 +60,29 @@ def usable_positions(config: dict) -> int | None:
     return positions
 
 
+def read_model_config(path: Path, name: str) -> dict:
+    """The config.json of model folder `path` as a dict; `name` (how the user gave the model)
+    heads the one-line error when the folder holds no transformers configuration."""
+    if not (path / "config.json").is_file():
+        raise UserError(f"{name}: not a model folder (no config.json in {path})")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        config = None
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise UserError(f"{name}: {path / 'config.json'} is not a transformers configuration "
+                        "(no model_type)")
+    return config
+
+
+def check_positions(config: dict, length: int, setting: str, name: str) -> None:
+    """Refuse a sequence length (`--setting`) longer than model `name` reads."""
+    positions = usable_positions(config)
+    if positions is not None and length > positions:
+        raise UserError(f"--{setting} {length} is longer than {name} reads "
+                        f"(max_position_embeddings {positions}): allowed [8, {positions}]")
+
+
 def check_model_settings(cfg: ModelConfig, max_seq_length: int) -> None:
     """What building or loading the model would refuse, checked before any work: the shape of a
     model built from scratch; for a checkpoint, that it is a model folder whose positions
@@ -67,22 +90,9 @@ def check_model_settings(cfg: ModelConfig, max_seq_length: int) -> None:
     if not cfg.model_name_or_path:
         model_shape(cfg)
         return
-    path = resolve_path(cfg.model_name_or_path)
-    if not (path / "config.json").is_file():
-        raise UserError(f"--model_name_or_path {cfg.model_name_or_path}: not a model folder "
-                        f"(no config.json in {path})")
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        config = None
-    if not isinstance(config, dict) or not config.get("model_type"):
-        raise UserError(f"--model_name_or_path {cfg.model_name_or_path}: {path / 'config.json'} "
-                        "is not a transformers configuration (no model_type)")
-    positions = usable_positions(config)
-    if positions is not None and max_seq_length > positions:
-        raise UserError(f"--max_seq_length {max_seq_length} is longer than "
-                        f"{cfg.model_name_or_path} reads (max_position_embeddings {positions}): "
-                        f"allowed [8, {positions}]")
+    name = cfg.model_name_or_path
+    config = read_model_config(resolve_path(name), f"--model_name_or_path {name}")
+    check_positions(config, max_seq_length, "max_seq_length", name)
 
 
 def build_config(cfg: ModelConfig, tokenizer, max_seq_length: int):
@@ -133,8 +143,7 @@ def load_checkpoint(path: str | Path, tokenizer=None, auto=AutoModelForMaskedLM,
     """Load a local checkpoint as an `auto` model (a head the checkpoint lacks, or of another
     size, starts fresh), from safetensors, without running its code."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path}: not a model folder (no config.json)")
+    read_model_config(path, str(path))  # AutoConfig would fail with a traceback
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False, **config_overrides)
     what = "a masked-LM" if auto is AutoModelForMaskedLM else "an encoder"
     try:

@@ -260,19 +260,9 @@ class Engine:
         norm = a.clip_grad_norm_(self.objective.parameters(), t.max_grad_norm)
         if norm is None:  # DeepSpeed clips (and skips) inside its own step
             norm = torch.zeros((), device=a.device)
+        bad = (~torch.isfinite(norm)).float()  # the same on every rank after the all-reduce
         if a.scaler is not None:
-            # fp16 (GPU): the grad scaler skips an overflowing update itself and lowers its
-            # scale, which must happen for training to go on, and early overflows are routine,
-            # not divergence: only a non-finite loss counts here (on any rank, so that every
-            # rank counts the same streak and stops at the same step)
-            bad = a.reduce((~torch.isfinite(loss)).float(), reduction="sum").clamp(max=1)
-            # ... or overflows that have driven the scale below 1: no update can happen any more
-            scale = getattr(a.scaler, "_scale", None)  # torch's tensor: no host sync
-            if scale is not None:
-                overflow = (~torch.isfinite(norm)).float() * (scale.reshape(()) < 1).float()
-                bad = torch.maximum(bad, overflow)
-        else:
-            bad = (~torch.isfinite(norm)).float()  # the same on every rank after the all-reduce
+            bad = self._scaler_gave_up(bad, loss)
         self.in_a_row = (self.in_a_row + 1) * bad
         self.skipped += bad
         if a.scaler is not None:
@@ -282,6 +272,18 @@ class Engine:
             self.optimizer.step()
         elif not bad.item():
             self.optimizer.step()
+
+    def _scaler_gave_up(self, overflow: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """fp16 (GPU): the grad scaler skips an overflowing update itself and lowers its scale,
+        which must happen for training to go on, and early overflows are routine, not
+        divergence. An update counts as non-finite only for a non-finite loss on any rank (so
+        every rank counts the same streak) or an overflow once the scale is below 1."""
+        a = self.accelerator
+        bad = a.reduce((~torch.isfinite(loss)).float(), reduction="sum").clamp(max=1)
+        scale = getattr(a.scaler, "_scale", None)  # torch's tensor: no host sync
+        if scale is None:
+            return bad
+        return torch.maximum(bad, overflow * (scale.reshape(()) < 1).float())
 
     def nonfinite_counts(self) -> tuple[int, int]:
         """(non-finite updates in a row now, non-finite updates in all): one host sync."""

@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 
 from mlm.cache import digest
-from mlm.config import Recipe, SourceConfig, from_dict, load_yaml, to_dict
+from mlm.config import Recipe, SourceConfig, from_dict, load_yaml, read_utf8, to_dict
 from mlm.errors import UserError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "data_recipes" / "demo.yaml"
@@ -83,12 +83,8 @@ def read_listing(listing: Path, missing: str) -> list[str]:
     lines and `#` comments skipped; `missing`: the error when there is no such file."""
     if not listing.is_file():
         raise UserError(missing)
-    try:
-        text = listing.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{listing}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
-                        "as UTF-8") from None
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [line.strip() for line in read_utf8(listing).splitlines()
+            if line.strip() and not line.startswith("#")]
 
 
 def document_entries(entries: list[str], root: Path) -> dict[str, str]:

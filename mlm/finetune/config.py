@@ -139,7 +139,7 @@ class TrainConfig:
     (ModernBERT: the [CLS] state or the mean over tokens); checkpoint: as its config says. BERT
     and RoBERTa heads always read [CLS] and ignore this."""
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
-    """Autocast precision of forward passes. auto: bf16 on a GPU that supports it and on a CPU
+    """Autocast precision of forward passes. auto: bf16 on a GPU with native bf16 (Ampere or newer) and on a CPU
     whose bf16 matrix products run faster than float32's (about 1.5x faster there), else no
     (float32), as in pretraining."""
     setfit_num_iterations: int = bounded(20, 1, None)

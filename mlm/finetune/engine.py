@@ -10,7 +10,6 @@ saved with `save_pretrained`, so pipelines and Trainer users load it unchanged.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from transformers import (
 from mlm.cpus import resolve_precision
 from mlm.errors import UserError
 from mlm.finetune.config import DEMO_MODEL, TrainConfig
-from mlm.modeling import param_groups, quiet_transformers
+from mlm.modeling import param_groups, quiet_transformers, read_model_config
 from mlm.tokenizer import load_tokenizer
 
 RANDOM_INIT = "random-init"
@@ -72,15 +71,7 @@ def check_model_folder(spec: str) -> Path:
             raise UserError(f"{spec} not found: run `python train_mlm.py` first to pretrain the demo model")
         raise UserError(f"model '{spec}' not found: give a local save_pretrained folder, "
                         f"{RANDOM_INIT} or {TFIDF}")
-    if not (path / "config.json").is_file():
-        raise UserError(f"model '{spec}': not a model folder (no config.json)")
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        config = None
-    if not isinstance(config, dict) or not config.get("model_type"):
-        raise UserError(f"model '{spec}': {path / 'config.json'} is not a transformers "
-                        "configuration (no model_type)")
+    read_model_config(path, f"model '{spec}'")
     return path
 
 

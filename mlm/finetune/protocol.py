@@ -39,7 +39,7 @@ from mlm.finetune.engine import (
     setfit_body,
 )
 from mlm.finetune.metrics import CLASSIFICATION_METRICS, NER_METRICS, interval
-from mlm.modeling import quiet_transformers, usable_positions
+from mlm.modeling import check_positions, quiet_transformers, read_model_config
 
 
 def parse_sizes(spec: str, pool: int) -> list[int]:
@@ -114,11 +114,8 @@ def load_checked(task: TaskConfig, models: list[str], cfg: FinetuneConfig) -> Ta
     t = task.training
     length, flag = (t.ner_max_length, "ner_max_length") if kind == "ner" else (t.max_length, "max_length")
     for m in [m for m in models if is_folder_spec(m)]:
-        config = json.loads((check_model_folder(m) / "config.json").read_text(encoding="utf-8"))
-        positions = usable_positions(config)
-        if positions is not None and length > positions:
-            raise UserError(f"--{flag} {length} is longer than model '{m}' reads "
-                            f"(max_position_embeddings {positions}): allowed [8, {positions}]")
+        name = f"model '{m}'"
+        check_positions(read_model_config(check_model_folder(m), name), length, flag, name)
     if kind == "ner" and t.doc_stride >= t.ner_max_length - 2:  # [CLS] and [SEP] take two
         raise UserError(f"--doc_stride {t.doc_stride} must be smaller than the window, "
                         f"--ner_max_length {t.ner_max_length} less its 2 special tokens")
@@ -126,10 +123,9 @@ def load_checked(task: TaskConfig, models: list[str], cfg: FinetuneConfig) -> Ta
 
 
 def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneConfig, log,
-             data: TaskData | None = None) -> dict:
+             data: TaskData) -> dict:
     """Every model × size × seed on one task (`data`: as `load_checked` read it); returns its
     results section."""
-    data = data if data is not None else load_checked(task, models, cfg)
     for note in data.notes:
         log(f"  note: {note}")
     kind = task.data.task
