@@ -21,7 +21,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import (
+    DeepSpeedPlugin,
+    DistributedType,
+    FullyShardedDataParallelPlugin,
+    broadcast_object_list,
+    set_seed,
+)
 from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -124,13 +130,14 @@ class Run:
         # same process (tests, notebooks) with another precision would be refused. Reset the
         # settings but keep the process group (PartialState).
         AcceleratorState._reset_state(reset_partial_state=False)
-        self.accelerator = a = Accelerator(
+        self.accelerator = a = make_accelerator(
             mixed_precision=self.precision,
             gradient_accumulation_steps=t.gradient_accumulation_steps,
             log_with="tensorboard", project_dir=str(self.out),
             # Without a GPU, Accelerate only joins the launcher's process group (MULTI_CPU,
             # gloo) when told it runs on CPU; otherwise each process would train alone.
             cpu=device_type == "cpu")
+        _check_launch_settings(a, t)
         set_seed(t.seed)
         self.tokenizer, train_blocks, val_blocks, self.stats = prepare_data(recipe, a)
         self.engine = Engine(recipe, a, build_objective(recipe, self.tokenizer, a.device.type))
@@ -223,6 +230,16 @@ class Engine:
         optimizer = torch.optim.AdamW(
             param_groups(objective, t.weight_decay), lr=t.learning_rate,
             betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, fused=self.fused or None)
+        # DeepSpeed steps inside `backward` and clips itself: it takes the batch size, the
+        # accumulation and the clipping from the recipe (its config file's values are replaced)
+        self.deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+        if self.deepspeed:
+            accelerator.state.deepspeed_plugin.deepspeed_config.update(
+                train_micro_batch_size_per_gpu=t.per_device_train_batch_size,
+                gradient_accumulation_steps=t.gradient_accumulation_steps,
+                train_batch_size=t.per_device_train_batch_size * t.gradient_accumulation_steps
+                * accelerator.num_processes,
+                gradient_clipping=t.max_grad_norm)
         self.objective, self.optimizer = accelerator.prepare(objective, optimizer)
         # head warm-up: the encoder's gradients are dropped (not frozen: DDP and FSDP keep their
         # gradient hooks), so AdamW leaves those parameters alone, weight decay included
@@ -240,6 +257,8 @@ class Engine:
         a = self.accelerator
         batch = {k: v.to(a.device, non_blocking=True) for k, v in batch.items()}
         with a.accumulate(self.objective):
+            if a.sync_gradients:
+                self._set_lr(fraction)  # before backward: DeepSpeed's update happens there
             with a.autocast():
                 loss = self.objective(**batch)["loss"]
             a.backward(loss)  # every rank, so DDP's all-reduce never waits
@@ -249,17 +268,25 @@ class Engine:
         self.losses.append(loss.detach().float())
         return a.sync_gradients
 
-    def _update(self, fraction: float, loss: torch.Tensor) -> None:
-        t, a = self.training, self.accelerator
+    def _set_lr(self, fraction: float) -> None:
+        t = self.training
         self.lr = t.learning_rate * lr_factor(fraction, t.warmup_ratio, t.lr_scheduler_type)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
+
+    def _update(self, fraction: float, loss: torch.Tensor) -> None:
+        t, a = self.training, self.accelerator
+        if self.deepspeed:
+            # updated (and clipped) inside backward; ZeRO skips nothing in bf16/float32, so a
+            # non-finite loss on any rank is counted, and a streak stops the run as diverged
+            bad = a.reduce((~torch.isfinite(loss)).float(), reduction="sum").clamp(max=1)
+            self.in_a_row = (self.in_a_row + 1) * bad
+            self.skipped += bad
+            return
         if fraction < t.head_warmup_ratio:
             for p in self.encoder:
                 p.grad = None
         norm = a.clip_grad_norm_(self.objective.parameters(), t.max_grad_norm)
-        if norm is None:  # DeepSpeed clips (and skips) inside its own step
-            norm = torch.zeros((), device=a.device)
         bad = (~torch.isfinite(norm)).float()  # the same on every rank after the all-reduce
         if a.scaler is not None:
             bad = self._scaler_gave_up(bad, loss)
@@ -800,11 +827,70 @@ def _divergence_message(recipe: Recipe, precision: str, count: int, step: int) -
     return f"{count} non-finite losses in a row at step {step}; {where}. Try: {advice}"
 
 
+def make_accelerator(cpu: bool, **kwargs) -> Accelerator:
+    """An Accelerator as the launcher configured it. Accelerate runs FSDP and DeepSpeed only on
+    accelerators: on a CPU (gloo) a launch with an FSDP or DeepSpeed config would silently train
+    as plain DDP. There the shared state is switched to the sharded type the launcher asked for,
+    with the plugin Accelerate builds from the launcher's environment, and the Accelerator is
+    made again on that state, so the sharded code paths (FSDP2's `fully_shard`, DeepSpeed's
+    engine and ZeRO optimizer, on DeepSpeed's CPU accelerator) run here as on GPUs."""
+    asked = _launch_sharding()
+    if asked == DistributedType.FSDP:
+        # Every process builds or loads the whole model itself, so FSDP's rank-0 loading (on by
+        # default in `accelerate launch`) saves nothing here; and it re-ties shared weights only
+        # through a `tie_weights()` that our objective wrappers lack, which left the MLM decoder
+        # untied from the embeddings. Off, also for transformers' loader (the plugin sets its
+        # environment variable).
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(cpu_ram_efficient_loading=False)
+    accelerator = Accelerator(cpu=cpu, **kwargs)
+    if asked is None or accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return accelerator
+    state = AcceleratorState()
+    if asked == DistributedType.FSDP:
+        state.fsdp_plugin = kwargs["fsdp_plugin"]
+    else:
+        plugin = DeepSpeedPlugin()
+        plugin.set_mixed_precision(state.mixed_precision)
+        plugin.select(_from_accelerator_state=True)
+        state.deepspeed_plugins = plugin
+    state.distributed_type = asked
+    PartialState._shared_state["distributed_type"] = asked  # as Accelerate does on GPUs
+    return Accelerator(cpu=cpu, **kwargs)
+
+
+def _check_launch_settings(accelerator: Accelerator, t) -> None:
+    """Settings an `accelerate launch` config can also carry must agree with the recipe, which
+    is their one source (the launcher's value would silently win for accumulation)."""
+    if accelerator.gradient_accumulation_steps != t.gradient_accumulation_steps:
+        raise UserError(
+            f"the accelerate config sets gradient_accumulation_steps="
+            f"{accelerator.gradient_accumulation_steps} but the recipe "
+            f"{t.gradient_accumulation_steps}: leave it out of the accelerate config")
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    clipping = os.environ.get("ACCELERATE_GRADIENT_CLIPPING", "auto")
+    if clipping != "auto" and float(clipping) != t.max_grad_norm:
+        raise UserError(
+            f"the accelerate config sets gradient_clipping={clipping} but the recipe "
+            f"max_grad_norm={t.max_grad_norm}: leave it out of the accelerate config")
+    if t.head_warmup_ratio:
+        raise UserError(  # ZeRO reduces the gradients into its partitions during backward
+            f"head_warmup_ratio={t.head_warmup_ratio} does not work under DeepSpeed "
+            "(allowed there: 0); use DDP or FSDP for a head-only warm-up")
+
+
+def _launch_sharding() -> DistributedType | None:
+    """The sharded type an `accelerate launch` config asked for (its environment), if any."""
+    for variable, kind in (("ACCELERATE_USE_FSDP", DistributedType.FSDP),
+                           ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(variable, "false").lower() == "true":
+            return kind
+    return None
+
+
 def _sharded(accelerator: Accelerator) -> bool:
     """Parameters sharded across processes (FSDP, DeepSpeed): forwards and state dicts are
     collectives."""
-    from accelerate.utils import DistributedType
-
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
@@ -877,6 +963,7 @@ def _write_summary(run: Run, objective) -> None:
         "tokens_per_s": round(tps, 1),
         "mfu": mfu,
         "hardware": _hardware(a),
+        "distributed_type": a.distributed_type.value,  # NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
         "mixed_precision": run.precision,
         "initial_val_loss": run.first_val,
         "final_val_loss": run.last_val,
