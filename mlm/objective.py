@@ -62,6 +62,17 @@ def _strip(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def _without_tied_copies(module: torch.nn.Module, state: dict) -> dict:
+    """`state` less the second and later names of each tied weight (the MLM decoder tied to the
+    embeddings). A state dict gathered from shards (FSDP, DeepSpeed) holds a separate tensor per
+    name, so save_pretrained cannot see the tie and would write the matrix twice."""
+    first: dict[int, str] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(param), name) != name:
+            state.pop(name, None)
+    return state
+
+
 def _names_of(module: torch.nn.Module, param: torch.nn.Parameter) -> list[str]:
     """Every name under which `param` appears in `module` (tied weights have several)."""
     return [n for n, p in module.named_parameters(remove_duplicate=False) if p is param]
@@ -115,7 +126,8 @@ class MaskedLMObjective(torch.nn.Module):
     def save_pretrained(self, folder: Path, state: dict, tokenizer) -> None:
         """The masked LM and its tokenizer in `folder`, from the full `state` of this module."""
         with quiet_transformers():
-            self.model.save_pretrained(str(folder), state_dict=_strip(state, "model."))
+            self.model.save_pretrained(
+                str(folder), state_dict=_without_tied_copies(self.model, _strip(state, "model.")))
         tokenizer.save_pretrained(str(folder))
 
 

@@ -80,7 +80,8 @@ def test_two_processes_match_one_with_double_accumulation(tiny_recipe, tmp_path,
     """DDP on 2 CPU processes vs 1 process with gradient_accumulation_steps=2.
 
     (`accelerate launch --cpu --num_processes 2` starts one process unless mpirun is set up;
-    `--multi_gpu` on a machine without GPUs starts 2 gloo processes, Accelerate's MULTI_CPU.)"""
+    `--multi_gpu`, as in configs/accelerate/ddp_cpu.yaml, on a machine without GPUs starts 2
+    gloo processes, Accelerate's MULTI_CPU.)"""
     common = dict(mixed_precision="no", max_steps=10, eval_steps=5, logging_steps=5,
                   per_device_train_batch_size=8)
     # Loopback only: gloo otherwise binds to whatever the hostname resolves to, which on some
@@ -96,14 +97,16 @@ def test_two_processes_match_one_with_double_accumulation(tiny_recipe, tmp_path,
     two = tiny_recipe(model, **common, gradient_accumulation_steps=1, save_minutes=1e-6,
                       output_dir=str(tmp_path / "two"))
     shutil.copytree(tmp_path / "one" / "cache", tmp_path / "two" / "cache")
-    res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                          "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    # the config the README lists for this (configs/accelerate/ddp_cpu.yaml)
+    res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                          str(REPO / "configs" / "accelerate" / "ddp_cpu.yaml"),
                           "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
-                          "--dynamo_backend", "no", str(REPO / "train_mlm.py"), "--recipe", str(two)],
+                          str(REPO / "train_mlm.py"), "--recipe", str(two)],
                          env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "run_summary.json").read_text())
     assert summary["hardware"].startswith("2 process"), summary["hardware"]
+    assert summary["distributed_type"] == "MULTI_CPU"
     assert (tmp_path / "two" / "checkpoints" / "step-00000010").is_dir()  # time-based saves ran
     a, b = _val_losses(tmp_path / "one"), _val_losses(tmp_path / "two")
     assert [s for s, _ in a] == [s for s, _ in b] == [0, 5, 10]

@@ -56,6 +56,14 @@ def test_sharded_two_cpu_processes_match_one_save_and_resume(kind, tiny_recipe, 
     full = AutoModelForMaskedLM.from_pretrained(str(tmp_path / "one"))
     sharded = AutoModelForMaskedLM.from_pretrained(str(tmp_path / "fsdp"))
     assert sum(p.numel() for p in sharded.parameters()) == sum(p.numel() for p in full.parameters())
+    # the same tensors on disk: the decoder tied to the embeddings is not written twice
+    from safetensors import safe_open
+
+    def keys(folder):
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            return set(f.keys())
+
+    assert keys(tmp_path / "fsdp") == keys(tmp_path / "one")
     fill = pipeline("fill-mask", model=str(tmp_path / "fsdp"))
     assert len(fill(f"the company said {fill.tokenizer.mask_token} on monday")) == 5
 
