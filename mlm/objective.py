@@ -99,6 +99,18 @@ class MaskedLMObjective(torch.nn.Module):
         if sparse:
             self.transform = prediction_transform(model)
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The encoder's block class (the elements of its longest ModuleList), for FSDP's
+        TRANSFORMER_BASED_WRAP: each block becomes a unit of its own, so parameters are sharded
+        layer by layer. The embeddings are not named (ModernBERT's list names them), and this
+        wrapper has no get_input/output_embeddings: the embedding matrix and the decoder (and
+        BERT's decoder bias and its head's) are tied, and FSDP refuses a tied parameter in two
+        units, so they stay together in the root unit."""
+        lists = [m for m in self.model.base_model.modules()
+                 if isinstance(m, torch.nn.ModuleList) and len(m)]
+        return [type(max(lists, key=len)[0]).__name__] if lists else []
+
     def forward(self, input_ids, attention_mask, labels, masked_positions=None, **_) -> dict:
         if not self.sparse:
             return {"loss": self.model(input_ids=input_ids, attention_mask=attention_mask,

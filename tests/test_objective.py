@@ -262,3 +262,21 @@ def test_disentangled_sharing_keeps_the_discriminator_loss_off_the_shared_embedd
             assert (residual is not None and residual.abs().sum() > 0) == (weight > 0)
     same = torch.allclose(grads[0], grads[1], atol=1e-7)
     assert same == (sharing == "disentangled")
+
+
+def test_fsdp_wraps_each_encoder_block_and_leaves_the_tied_embeddings_together():
+    """FSDP's TRANSFORMER_BASED_WRAP reads `_no_split_modules`: the block class of the
+    encoder, never the embeddings (tied to the decoder; FSDP refuses a tied weight in two units)."""
+    from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
+
+    from mlm.objective import MaskedLMObjective
+
+    bert = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                                      num_attention_heads=2, intermediate_size=32))
+    modern = ModernBertForMaskedLM(ModernBertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+        sep_token_id=2))
+    assert MaskedLMObjective(bert)._no_split_modules == ["BertLayer"]
+    assert MaskedLMObjective(modern)._no_split_modules == ["ModernBertEncoderLayer"]
+    assert "ModernBertEmbeddings" in modern._no_split_modules  # what the wrapper leaves out
