@@ -59,7 +59,12 @@ def cached(folder: str | Path, key: str, build: Callable[[Path], object], *,
         tmp.mkdir(parents=True)
     barrier()
     if main or collective:
-        build(tmp)
+        try:
+            build(tmp)
+        except BaseException:  # a bad input found while building: leave nothing half-made
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
     barrier()
     if main:
         if final.exists():

@@ -7,6 +7,7 @@ classes, so there is no second schema to keep in sync.
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
 import math
 import types
@@ -98,6 +99,13 @@ class SourceConfig:
     """Sampling weight: 2.0 puts every training document in twice, 0.5 keeps a (deterministic)
     half; fractional parts are decided by a hash of the document."""
 
+    def check(self) -> None:
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise UserError(f"source {self.path}: unknown encoding '{self.encoding}' (a Python "
+                            "codec name, e.g. utf-8, latin-1, cp1252)") from None
+
 
 @dataclass
 class CleanConfig:
@@ -124,7 +132,7 @@ class CleanConfig:
 class SplitConfig:
     validation_fraction: float = bounded(0.05, 0, 0.5, above=True)
     """Share of documents held out for validation loss, assigned by a hash of the text."""
-    split_seed: int = 0
+    split_seed: int = bounded(0, 0, SEED_MAX)
     """Salt of the hash that assigns documents to train or validation."""
 
 
@@ -157,13 +165,18 @@ class DedupConfig:
     """Keep duplicates instead of dropping them; each still lands on its original's split side."""
 
 
+MIN_VOCAB = {"wordpiece": 105, "unigram": 105, "bpe": 261}
+"""Smallest vocabulary a new tokenizer can have: 5 special tokens plus the base alphabet (100
+characters; 256 bytes for byte-level BPE)."""
+
+
 @dataclass
 class TokenizerConfig:
     tokenizer_kind: Literal["wordpiece", "bpe", "unigram"] = "wordpiece"
     """Algorithm of a newly trained tokenizer."""
     tokenizer_name_or_path: str | None = None
     """Reuse an existing tokenizer folder instead of training one."""
-    vocab_size: int = bounded(16000, 32, None)
+    vocab_size: int = bounded(16000, 105, None)
     """Vocabulary size of a newly trained tokenizer."""
     min_frequency: int = bounded(2, 1, None)
     """Minimum count of a merge/piece to enter the vocabulary."""
@@ -184,6 +197,11 @@ class TokenizerConfig:
         if self.extend_vocab_words and not self.tokenizer_name_or_path:
             raise UserError("extend_vocab_words needs tokenizer_name_or_path (the tokenizer to "
                             "extend)")
+        floor = MIN_VOCAB[self.tokenizer_kind]
+        if not self.tokenizer_name_or_path and self.vocab_size < floor:
+            raise UserError(f"tokenizer.vocab_size (--vocab_size) = {self.vocab_size} is too small "
+                            f"for {self.tokenizer_kind}: allowed >= {floor} (its 5 special tokens "
+                            "and base alphabet)")
 
 
 @dataclass
@@ -221,6 +239,12 @@ class MaskingConfig:
     span_max_words: int = bounded(10, 1, None)
     """Span masking: longest span in words; the geometric is truncated here and renormalised
     (SpanBERT: 10, mean 3.8 words)."""
+
+    def check(self) -> None:
+        if self.mask_replace_prob + self.random_replace_prob > 1 + 1e-9:
+            raise UserError(f"masking.mask_replace_prob + random_replace_prob (--mask_replace_prob, "
+                            f"--random_replace_prob) = {self.mask_replace_prob} + "
+                            f"{self.random_replace_prob}: allowed a sum in [0, 1]")
 
 
 @dataclass

@@ -51,3 +51,44 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse takes "-1e-3" or "-inf" for a flag (only "-1" and "-0.5" look like numbers
+        # to it), so `--learning_rate -1e-3` said "expected one argument" instead of naming
+        # the allowed range: such a value is joined to its flag ("--flag=-1e-3") first.
+        args = list(sys.argv[1:] if args is None else args)
+        joined, i = [], 0
+        while i < len(args):
+            if (args[i].startswith("--") and "=" not in args[i] and i + 1 < len(args)
+                    and _negative_number(args[i + 1])):
+                joined.append(f"{args[i]}={args[i + 1]}")
+                i += 2
+            else:
+                joined.append(args[i])
+                i += 1
+        return super().parse_known_args(joined, namespace)
+
+
+def _negative_number(text: str) -> bool:
+    """Does `text` read as a negative number (-1e-3, -inf, -nan), not as a flag?"""
+    if not text.startswith("-") or text.startswith("--"):
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def create_folder(path, flag: str = "--output_dir") -> None:
+    """Create an output folder (and its parents), or say in one line why it cannot be made (a
+    file on its path, no permission), naming the setting `flag`."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot create it ({exc.strerror or exc})") from None

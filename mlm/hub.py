@@ -24,6 +24,7 @@ from huggingface_hub.utils import HFValidationError, httpx, validate_repo_id  # 
 from mlm.config import HubConfig, add_dataclass_arguments, apply_overrides, section_fields
 from mlm.errors import ArgumentParser, UserError, command
 from mlm.finetune.results import FinetuneResults
+from mlm.modeling import read_model_config
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # Patterns are fnmatch-style on paths relative to the folder ("*" also crosses "/").
@@ -72,6 +73,7 @@ def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None, priv
         validate_repo_id(repo_id)
     except HFValidationError as exc:
         raise UserError(f"--hub_model_id {repo_id!r} is not a repository id: {exc}") from None
+    read_model_config(folder, str(folder))  # a corrupt config or no weights: refused here
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     if model_card:
         write_model_card(folder, repo_id=repo_id, license=license, language=language)

@@ -60,9 +60,13 @@ def usable_positions(config: dict) -> int | None:
     return positions
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
 def read_model_config(path: Path, name: str) -> dict:
     """The config.json of model folder `path` as a dict; `name` (how the user gave the model)
-    heads the one-line error when the folder holds no transformers configuration."""
+    heads the one-line error when the folder holds no configuration transformers can read, or
+    no safetensors weights: checked before any work, as loading would fail after it."""
     if not (path / "config.json").is_file():
         raise UserError(f"{name}: not a model folder (no config.json in {path})")
     try:
@@ -72,6 +76,16 @@ def read_model_config(path: Path, name: str) -> dict:
     if not isinstance(config, dict) or not config.get("model_type"):
         raise UserError(f"{name}: {path / 'config.json'} is not a transformers configuration "
                         "(no model_type)")
+    try:  # transformers' own checks: a known model_type, fields of the right types
+        with quiet_transformers():
+            AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - any refusal, reported in one line
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(f"{name}: transformers cannot read {path / 'config.json'} "
+                        f"({reason})") from None
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise UserError(f"{name}: no weights in {path} (expected {' or '.join(WEIGHT_FILES)}; "
+                        "mlm loads safetensors only)")
     return config
 
 

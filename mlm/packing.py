@@ -41,7 +41,7 @@ from transformers import PreTrainedTokenizerFast
 from mlm.cache import Processes, cached, digest
 from mlm.config import PackingConfig
 from mlm.errors import UserError
-from mlm.tokenizer import raw_backend, wordpiece_continuations
+from mlm.tokenizer import check_sequence_length, raw_backend, wordpiece_continuations
 
 TYPES = {"input_ids": np.int32, "word_start": np.int8, "special_tokens_mask": np.int8,
          "attention_mask": np.int8, "document_ids": np.int32}
@@ -310,10 +310,7 @@ def pack(dataset: Dataset, tokenizer: PreTrainedTokenizerFast, max_seq_length: i
     without, the blocks are kept in memory. `progress`: the label of a progress bar (documents
     and blocks so far) on stderr; None for none.
     """
-    limit = getattr(tokenizer, "model_max_length", None) or 10**9
-    if max_seq_length < 8 or max_seq_length > max(limit, 8):
-        raise UserError(f"max_seq_length {max_seq_length} is outside [8, {limit}] "
-                        f"(the tokenizer's model_max_length)")
+    check_sequence_length(tokenizer, max_seq_length)
     cls, sep, pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
     if cls is None or sep is None or pad is None:
         raise UserError("packing needs a tokenizer with cls, sep and pad tokens")

@@ -37,14 +37,14 @@ from mlm.config import Recipe, check_ranges, to_dict
 from mlm.corpus import build_corpus
 from mlm.corpus.build import corpus_stats, format_stats
 from mlm.cpus import resolve_precision, set_torch_threads
-from mlm.errors import Stopped, UserError
+from mlm.errors import Stopped, UserError, create_folder
 from mlm.masking import MaskingCollator
 from mlm.modeling import check_model_settings, count_parameters, param_groups, quiet_transformers
 from mlm.objective import build_objective
 from mlm.packing import load_blocks, prepare_blocks
 from mlm.recipe import corpus_fingerprint, fingerprint
 from mlm.report import plot_loss_curve
-from mlm.tokenizer import prepare_tokenizer
+from mlm.tokenizer import check_tokenizer_settings, prepare_tokenizer
 
 BLOCK_COLUMNS = ["input_ids", "attention_mask", "word_start", "special_tokens_mask"]
 __all__ = ["pretrain", "prepare_data", "load_blocks"]
@@ -54,14 +54,15 @@ def pretrain(recipe: Recipe) -> Path:
     """Run the recipe end to end; returns the output folder (a save_pretrained model)."""
     check_ranges(recipe)  # every setting, before any work
     check_model_settings(recipe.model, recipe.packing.max_seq_length)
+    check_tokenizer_settings(recipe.tokenizer, recipe.packing.max_seq_length)
     out = Path(recipe.training.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file; give a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    resume_from = _resume_point(recipe)  # checked before anything is written
+    if resume_from is None and _first_process():
+        guard_output_dir(recipe, out)
+    create_folder(out)
     with output_lock(out):
-        resume_from = _resume_point(recipe)
-        if resume_from is None and _first_process():
-            guard_output_dir(recipe, out)
         with Run(recipe, resume_from) as run, _StopSignal() as stop:
             batches = iter(run.loader)
             while not run.done:
@@ -596,6 +597,15 @@ RESUME_IGNORED = {("training", k) for k in (
     "mixed_precision")}
 
 
+MODEL_STATE_NAMES = ("model.safetensors", "pytorch_model.bin", "pytorch_model_fsdp_0",
+                     "pytorch_model")
+"""What Accelerate's save_state writes for the model: safetensors or torch (one process, DDP),
+a sharded folder (FSDP), DeepSpeed's folder."""
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json",
+               "pytorch_model.bin")
+"""A model's files: an output folder holding them without our recipe is someone else's model."""
+
+
 def _checkpoint_root(recipe: Recipe) -> Path:
     return Path(recipe.training.output_dir) / "checkpoints"
 
@@ -629,7 +639,12 @@ class Checkpointer:
         """Load a checkpoint's training state; returns its progress and step-0 validation loss."""
         if resume_from is None:
             return Progress(), None
-        self.accelerator.load_state(str(resume_from / "training_state"))
+        try:
+            self.accelerator.load_state(str(resume_from / "training_state"))
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:  # a damaged state file
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{resume_from}: its training state cannot be loaded ({reason}); "
+                            "resume from another checkpoint") from None
         state = json.loads((resume_from / "training_state" / "progress.json").read_text())
         self.accelerator.print(f"resumed from {resume_from} (step {state['progress']['step']})")
         return Progress(**state["progress"]), state.get("initial_val_loss")
@@ -749,7 +764,16 @@ def _resume_point(recipe: Recipe) -> Path | None:
             raise UserError(f"--resume: no checkpoint in {_checkpoint_root(recipe)}")
     else:
         return None
-    saved = json.loads((resume_from / "training_state" / "recipe.json").read_text())
+    state = resume_from / "training_state"
+    saved, progress = _read_json(state / "recipe.json"), _read_json(state / "progress.json")
+    if not isinstance(progress, dict) or not isinstance(progress.get("progress"), dict):
+        raise UserError(f"{state / 'progress.json'} is not a progress record of mlm; resume "
+                        "from another checkpoint or start afresh")
+    if not any((state / name).exists() for name in MODEL_STATE_NAMES):
+        raise UserError(f"{state} holds no model state ({' or '.join(MODEL_STATE_NAMES)}): "
+                        "not a complete checkpoint; resume from another one")
+    if not isinstance(saved, dict):
+        raise UserError(f"{state / 'recipe.json'} is not a recipe; resume from another checkpoint")
     diffs = recipe_differences(saved, to_dict(recipe))
     if diffs:
         raise UserError(f"--resume refused, the recipe differs from the checkpoint's: "
@@ -763,15 +787,42 @@ def guard_output_dir(recipe: Recipe, out: Path) -> None:
     once the run is set up: `remove_stale`)."""
     t = recipe.training
     saved = out / "recipe.resolved.yaml"
-    if saved.is_file() and not t.overwrite_output_dir:
-        import yaml
+    if t.overwrite_output_dir or not out.is_dir():
+        return
+    if not saved.is_file():
+        foreign = sorted(f for f in MODEL_FILES if (out / f).exists())
+        if foreign:
+            raise UserError(f"{out} holds a model that this toolkit did not train ({', '.join(foreign)}, "
+                            "no recipe.resolved.yaml); pass --overwrite_output_dir to replace "
+                            "it, or choose another --output_dir")
+        return
+    import yaml
 
-        diffs = recipe_differences(yaml.safe_load(saved.read_text()), to_dict(recipe))
+    try:
+        previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{saved} is not a readable recipe ({type(exc).__name__}); pass "
+                        "--overwrite_output_dir to replace the folder's model, or choose "
+                        "another --output_dir") from None
+    if isinstance(previous, dict):
+        diffs = recipe_differences(previous, to_dict(recipe))
         if diffs:
             raise UserError(f"{out} holds a model trained with other settings "
                             f"({'; '.join(diffs[:3])}); pass --overwrite_output_dir to replace "
                             "it (its fine-tuning results and model card go too), or choose "
                             "another --output_dir")
+
+
+def _read_json(path: Path):
+    """A JSON file of a checkpoint, or a one-line error naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: not a complete checkpoint; resume from another "
+                        "one") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable ({type(exc).__name__}): resume from another "
+                        "checkpoint") from None
 
 
 def remove_stale(out: Path) -> None:

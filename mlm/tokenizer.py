@@ -37,7 +37,7 @@ from tokenizers import (
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from mlm.cache import Processes, cached, digest, file_digest
-from mlm.config import TokenizerConfig, to_dict
+from mlm.config import MIN_VOCAB, TokenizerConfig, to_dict
 from mlm.errors import UserError
 from mlm.recipe import resolve_path
 
@@ -151,7 +151,7 @@ def train_tokenizer(texts: Iterable[str] | Dataset, config: TokenizerConfig,
     kind = config.tokenizer_kind
     specials = ROBERTA_SPECIALS if kind == "bpe" else BERT_SPECIALS
     special_list = list(dict.fromkeys(specials.values()))
-    alphabet_floor = len(special_list) + (256 if kind == "bpe" else 100)
+    alphabet_floor = MIN_VOCAB[kind]  # the recipe's check refuses smaller ones before any work
     if config.vocab_size < alphabet_floor:
         raise UserError(
             f"vocab_size {config.vocab_size} is too small for {kind}: it must exceed the special "
@@ -227,6 +227,21 @@ def load_tokenizer(path: str | Path, masked_lm: bool = True) -> PreTrainedTokeni
             raise UserError(f"{path}: the tokenizer has no pad, sep, eos or unk token to pad with")
         tok.pad_token = filler
     return tok
+
+
+def check_sequence_length(tokenizer: PreTrainedTokenizerFast, max_seq_length: int) -> None:
+    """Refuse blocks longer than the tokenizer's model_max_length (or shorter than 8)."""
+    limit = getattr(tokenizer, "model_max_length", None) or 10**9
+    if max_seq_length < 8 or max_seq_length > max(limit, 8):
+        raise UserError(f"max_seq_length {max_seq_length} is outside [8, {limit}] "
+                        f"(the tokenizer's model_max_length)")
+
+
+def check_tokenizer_settings(config: TokenizerConfig, max_seq_length: int) -> None:
+    """Before any work: a tokenizer given by path loads, and reads blocks of max_seq_length."""
+    if config.tokenizer_name_or_path:
+        check_sequence_length(load_tokenizer(resolve_path(config.tokenizer_name_or_path)),
+                              max_seq_length)
 
 
 def wordpiece_continuations(backend: Tokenizer) -> np.ndarray | None:

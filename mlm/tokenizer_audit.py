@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -156,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.max_documents < 1:
         raise UserError(f"--max_documents must be at least 1, got {args.max_documents}")
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    out = Path(args.json)
+    if out.is_dir() or not out.parent.is_dir():
+        raise UserError(f"--json {out}: " + ("is a folder; give a file name" if out.is_dir() else
+                                             f"its folder {out.parent} does not exist"))
     toks = {}
     for spec in args.tokenizers:
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
@@ -169,3 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False))
     print(f"\nwritten: {args.json}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

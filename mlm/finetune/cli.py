@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from mlm.config import add_dataclass_arguments, apply_overrides, from_dict, load_yaml
@@ -137,3 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     out = results["output_dir"]
     print(f"\nreport: {out}/report.md  results: {out}/results.json  ({results['seconds']:.0f} s)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

