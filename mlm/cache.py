@@ -25,6 +25,11 @@ def file_digest(path: str | Path) -> str:
     return digest(json.loads(Path(path).read_text()))
 
 
+def bytes_digest(path: str | Path) -> str:
+    """The digest of a file's bytes (a list of paths, any text file)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 class Processes(Protocol):
     """What `cached` needs of a launch: Accelerate's `Accelerator` and `PartialState` have it."""
 

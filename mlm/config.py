@@ -376,8 +376,8 @@ class TrainingConfig:
     resume_from_checkpoint: str | None = None
     """Continue from this checkpoint folder (output_dir/checkpoints/step-N) instead."""
     overwrite_output_dir: bool = False
-    """Train into an output_dir that holds a model trained with other settings, removing what
-    the new model makes stale (its fine-tuning results and model card)."""
+    """Train into an output_dir that holds a model trained with other settings (or one mlm did
+    not train), removing the old model and what was measured on it once the run is set up."""
     max_nonfinite_steps: int = bounded(5, 1, None)
     """Stop after this many non-finite losses in a row (each such step is skipped)."""
     torch_threads: int | None = bounded(None, 1, None)
@@ -575,15 +575,31 @@ def read_utf8(path: Path) -> str:
                         "as UTF-8") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: YAML keeps the last one, so
+    a second `training:` section would silently drop every setting of the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping, with a clear error for a missing file or bad syntax."""
+    """Read a YAML mapping, with a clear error for a missing file, bad syntax or a key given
+    twice."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder; give a recipe file (YAML)")
     if not path.is_file():
         raise UserError(f"recipe not found: {path}")
     try:
-        data = yaml.safe_load(read_utf8(path)) or {}
+        data = yaml.load(read_utf8(path), Loader=_UniqueKeyLoader) or {}  # noqa: S506 - safe
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -42,8 +42,8 @@ from mlm.masking import MaskingCollator
 from mlm.modeling import check_model_settings, count_parameters, param_groups, quiet_transformers
 from mlm.objective import build_objective
 from mlm.packing import load_blocks, prepare_blocks
-from mlm.recipe import corpus_fingerprint, fingerprint
-from mlm.report import plot_loss_curve
+from mlm.recipe import corpus_fingerprint, fingerprint, resolve_path
+from mlm.report import CARD_MARKER, plot_loss_curve
 from mlm.tokenizer import check_tokenizer_settings, prepare_tokenizer
 
 BLOCK_COLUMNS = ["input_ids", "attention_mask", "word_start", "special_tokens_mask"]
@@ -58,6 +58,11 @@ def pretrain(recipe: Recipe) -> Path:
     out = Path(recipe.training.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file; give a folder")
+    for flag, source in (("model_name_or_path", recipe.model.model_name_or_path),
+                         ("tokenizer_name_or_path", recipe.tokenizer.tokenizer_name_or_path)):
+        if source and out.exists() and resolve_path(source).resolve() == out.resolve():
+            raise UserError(f"--{flag} {source} is the --output_dir: a run replaces the model "
+                            "in its output folder, so continue pretraining into another folder")
     resume_from = _resume_point(recipe)  # checked before anything is written
     if resume_from is None and _first_process():
         guard_output_dir(recipe, out)
@@ -415,6 +420,14 @@ class Validator:
         return {**parts, "perplexity": perplexity}
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl row; infinity for a row to drop (cut short by a crash)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 class RunLog:
     """metrics.jsonl (one JSON row per log line; non-finite values as null), TensorBoard and
     the progress bar, written by the main process. A resumed run drops the rows logged after
@@ -427,9 +440,11 @@ class RunLog:
         if accelerator.is_main_process:
             path = out / "metrics.jsonl"
             if resumed_at is not None and path.is_file():
-                rows = [line for line in path.read_text().splitlines()
-                        if line.strip() and json.loads(line)["step"] <= resumed_at]
-                path.write_text("".join(r + "\n" for r in rows))
+                rows = [line for line in path.read_text(errors="replace").splitlines()
+                        if _logged_step(line) <= resumed_at]
+                tmp = path.with_name(".metrics.jsonl.tmp")
+                tmp.write_text("".join(r + "\n" for r in rows))
+                os.replace(tmp, path)  # a crash here leaves the old file whole
             self.fh = path.open("a" if resumed_at is not None else "w")
         self.bar = tqdm(total=100, unit="%", disable=not accelerator.is_local_main_process,
                         desc="pretrain", mininterval=1.0,
@@ -646,7 +661,13 @@ class Checkpointer:
             raise UserError(f"{resume_from}: its training state cannot be loaded ({reason}); "
                             "resume from another checkpoint") from None
         state = json.loads((resume_from / "training_state" / "progress.json").read_text())
-        self.accelerator.print(f"resumed from {resume_from} (step {state['progress']['step']})")
+        step = state["progress"]["step"]
+        self.accelerator.print(f"resumed from {resume_from} (step {step})")
+        if self.accelerator.is_main_process:  # later checkpoints belong to the abandoned path:
+            for later in self.root.glob("step-*"):  # `--resume` must never go back to them
+                if later.name[5:].isdigit() and int(later.name[5:]) > step:
+                    shutil.rmtree(later)
+                    self.accelerator.print(f"removed {later}: it lies after the resumed step")
         return Progress(**state["progress"]), state.get("initial_val_loss")
 
     def save(self, progress: Progress, initial_val_loss: float) -> None:
@@ -825,12 +846,27 @@ def _read_json(path: Path):
                         "checkpoint") from None
 
 
+STALE = ("finetune", "checkpoints", "metrics.jsonl", "run_summary.json", "recipe.resolved.yaml",
+         "loss_curve.png", "tensorboard", "generator", "config.json", "generation_config.json",
+         "model.safetensors", "model.safetensors.index.json", "tokenizer.json",
+         "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+         "vocab.json", "merges.txt")
+"""What a new run in an output folder replaces: the old model (weights, config, tokenizer, RTD
+generator), its record (recipe, summary, metrics, curves, TensorBoard events) and what was
+measured on it (fine-tuning results, checkpoints). Files of other names are the user's."""
+
+
 def remove_stale(out: Path) -> None:
-    """Remove what a new model in `out` makes stale: fine-tuning results, model card, the old
-    run's checkpoints, metrics and summary. Called once the new run's data, model and first
-    validation are ready, so a run that fails to start (a missing source, a bad model path)
-    leaves the old model's folder as it was."""
-    for stale in ("finetune", "README.md", "checkpoints", "metrics.jsonl", "run_summary.json"):
+    """Remove the old model of `out` and everything about it (`STALE`, and mlm's model card; a
+    README the user wrote stays), so that a new run stopped half-way never leaves the old
+    weights beside the new run's metrics, nor an old model without its summary (which
+    fine-tuning would take for a general checkpoint). Called once the new run's data, model
+    and first validation are ready, so a run that fails to start (a missing source, a bad
+    model path) leaves the old model's folder as it was."""
+    card = out / "README.md"
+    if card.is_file() and CARD_MARKER in card.read_text(errors="replace"):
+        card.unlink()
+    for stale in STALE:
         path = out / stale
         if path.is_dir():
             shutil.rmtree(path)

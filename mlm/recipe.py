@@ -10,7 +10,7 @@ import glob
 import importlib.util
 from pathlib import Path
 
-from mlm.cache import digest
+from mlm.cache import bytes_digest, digest
 from mlm.config import Recipe, SourceConfig, from_dict, load_yaml, read_utf8, to_dict
 from mlm.errors import UserError
 
@@ -122,13 +122,20 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def corpus_fingerprint(recipe: Recipe) -> str:
-    """Hash of the corpus-shaping settings and of every input file's size and mtime."""
+    """Hash of the corpus-shaping settings, of every input file's size and mtime, and of the
+    contents of every `exclude_from` list (an edited list must rebuild the corpus: otherwise
+    newly listed test documents would stay in pretraining)."""
     base = Path(recipe.path).parent if recipe.path else None
     stats = []
     for source in recipe.sources:
         for p in source_files(source, base):
             st = p.stat()
             stats.append((str(p), st.st_size, st.st_mtime_ns))
+        if source.exclude_from:
+            listing = resolve_path(source.exclude_from, base)
+            if not listing.is_file():
+                raise UserError(f"exclude_from file not found: {source.exclude_from}")
+            stats.append(("exclude_from", str(listing), bytes_digest(listing)))
     clean = to_dict(recipe.clean)
     clean.pop("corpus_num_proc")  # the corpus is the same whatever the number of workers
     settings = {

@@ -373,5 +373,6 @@ def prepare_tokenizer(config: TokenizerConfig, train: Dataset, corpus_key: str,
         base_dir = resolve_path(config.tokenizer_name_or_path)
         base = load_tokenizer(base_dir)
         key = "extended-" + digest({"corpus": corpus_key, "tok": to_dict(config),
-                                    "base": file_digest(base_dir / "tokenizer.json")})
+                                    "base": file_digest(base_dir / "tokenizer.json"),
+                                    "version": TOKENIZER_VERSION})
     return load_tokenizer(cached(cache_dir, key, build, processes=processes))

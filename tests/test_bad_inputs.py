@@ -122,3 +122,19 @@ def test_negative_numbers_in_any_notation_reach_the_range_check(value):
     parser.add_argument("--flag", action="store_true")
     args = parser.parse_args(["--learning_rate", value, "--flag"])
     assert args.learning_rate == float(value) and args.flag
+
+
+def test_continuing_pretraining_in_place_is_refused(tiny_recipe, tmp_path):
+    """The run would remove the model it starts from once set up, and a stop half-way would
+    leave neither the old model nor the new one."""
+    from mlm.pretrain import pretrain
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (out / "model.safetensors").write_bytes(b"")
+    recipe = load_recipe(tiny_recipe(output_dir=str(out)))
+    recipe.model.model_name_or_path = str(out)
+    with pytest.raises(UserError, match="model_name_or_path .* is the --output_dir"):
+        pretrain(recipe)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]

@@ -50,6 +50,29 @@ def test_fingerprint_changes_with_input_files(tmp_path):
     assert corpus_fingerprint(load_recipe(path)) != before
 
 
+def test_fingerprint_changes_with_the_exclude_list(tmp_path):
+    """An edited test list must rebuild the corpus: a cached one would keep the newly listed
+    test documents in pretraining (the list lies outside the source folder, as the suite's do)."""
+    (tmp_path / "docs").mkdir()
+    for i in range(3):
+        (tmp_path / "docs" / f"{i}.txt").write_text(f"document number {i} " * 10)
+    (tmp_path / "test.txt").write_text("0.txt\n")
+    path = tmp_path / "r.yaml"
+    path.write_text(f"sources:\n  - path: {tmp_path / 'docs'}\n    exclude_from: {tmp_path / 'test.txt'}\n")
+    before = corpus_fingerprint(load_recipe(path))
+    assert corpus_fingerprint(load_recipe(path)) == before
+    (tmp_path / "test.txt").write_text("0.txt\n1.txt\n")
+    assert corpus_fingerprint(load_recipe(path)) != before
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    """YAML keeps the last of two equal keys: a second `training:` would drop the first's settings."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: t\ntraining:\n  max_steps: 5\nsources: []\ntraining:\n  seed: 1\n")
+    with pytest.raises(UserError, match=r"r.yaml:5: invalid YAML \(key 'training' appears twice"):
+        load_recipe(path)
+
+
 def test_no_is_a_choice_not_false(tmp_path):
     """`mixed_precision: no` (YAML reads a bare no as false) and `--mixed_precision no` both work."""
     from mlm.config import Recipe, apply_overrides, from_dict

@@ -10,6 +10,7 @@ import pytest
 
 from mlm.errors import UserError
 from mlm.recipe import load_recipe
+from mlm.report import CARD_MARKER
 from tests.conftest import REPO
 
 
@@ -41,7 +42,8 @@ def test_other_model_needs_overwrite_which_clears_stale_results(tiny_recipe, tmp
     pretrain(load_recipe(tiny_recipe(max_steps=4, eval_steps=4, output_dir=str(out))))
     (out / "finetune").mkdir()
     (out / "finetune" / "results.json").write_text("{}")  # scores of this first model
-    (out / "README.md").write_text("card of the first model")
+    (out / "README.md").write_text(f"{CARD_MARKER}\ncard of the first model")
+    (out / "notes.txt").write_text("the user's own file")
     other = load_recipe(tiny_recipe(max_steps=4, eval_steps=4, output_dir=str(out)))
     other.model.model_family = "bert"
     with pytest.raises(UserError, match="model.model_family: 'modernbert' -> 'bert'.*--overwrite_output_dir"):
@@ -57,6 +59,7 @@ def test_other_model_needs_overwrite_which_clears_stale_results(tiny_recipe, tmp
     other.sources[0].path = source
     pretrain(other)
     assert not (out / "finetune").exists() and not (out / "README.md").exists()
+    assert (out / "notes.txt").exists()  # not ours: kept
     assert '"model_family": "bert"' in (out / "run_summary.json").read_text().replace("'", '"')
 
 

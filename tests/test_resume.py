@@ -75,6 +75,29 @@ def test_resume_refuses_changed_recipe(tiny_recipe, tmp_path):
         pretrain(recipe)
 
 
+def test_resume_from_an_earlier_checkpoint_drops_the_later_ones(tiny_recipe, tmp_path, capsys):
+    """Going back to step 4 abandons step 8: a later `--resume` must not return to it; a
+    metrics row cut short by a crash does not stop the resume."""
+    from mlm.pretrain import pretrain
+
+    path = tiny_recipe(**{**FP32, "max_steps": 8})
+    out = pretrain(load_recipe(path))
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000004", "step-00000008"]
+    abandoned = (ckpts / "step-00000008" / "training_state" / "progress.json").stat().st_mtime_ns
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 9, "loss"')  # the power went off mid-row
+    recipe = load_recipe(path)
+    recipe.training.resume_from_checkpoint = str(ckpts / "step-00000004")
+    capsys.readouterr()
+    pretrain(recipe)
+    assert "step-00000008: it lies after the resumed step" in capsys.readouterr().out
+    again = (ckpts / "step-00000008" / "training_state" / "progress.json").stat().st_mtime_ns
+    assert again > abandoned  # written anew by the resumed run
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 8
+
+
 @pytest.mark.parametrize("objective", ["mlm", "rtd"])
 def test_two_processes_match_one_with_double_accumulation(tiny_recipe, tmp_path, objective):
     """DDP on 2 CPU processes vs 1 process with gradient_accumulation_steps=2.
@@ -158,7 +181,11 @@ def test_processes_of_a_launch_share_the_main_process_precision(tmp_path):
         "out = {'precision': precision, 'probes': cpu_bf16_speedup.cache_info().misses,\n"
         "       'processes': state.num_processes}\n"
         "(__import__('pathlib').Path(sys.argv[1]) / f'{state.process_index}.json')"
-        ".write_text(json.dumps(out))\n")
+        ".write_text(json.dumps(out))\n"
+        # leave the group together, as a run does: a process that exits while gloo's threads
+        # still talk to the other may abort ("terminate called without an active exception")
+        "state.wait_for_everyone()\n"
+        "state.destroy_process_group()\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
     res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",

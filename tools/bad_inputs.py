@@ -41,6 +41,8 @@ def setup(tmp: Path) -> dict[str, Path]:
     files["unknown_key"].write_text(yaml.safe_dump({**recipe, "trainng": {"max_steps": 5}}))
     files["bad_yaml"] = tmp / "bad.yaml"
     files["bad_yaml"].write_text("name: t\nsources: [oops\n")
+    files["twice"] = tmp / "twice.yaml"
+    files["twice"].write_text(yaml.safe_dump(recipe) + "training:\n  learning_rate: 0.001\n")
     files["weight"] = tmp / "weight.yaml"
     files["weight"].write_text(yaml.safe_dump({**recipe, "sources": [{"path": str(texts),
                                                                       "weight": -1}]}))
@@ -100,6 +102,7 @@ def cases(f: dict[str, Path], tmp: Path) -> list[tuple[str, list[str]]]:
     return [
         ("recipe file missing", [sys.executable, "train_mlm.py", "--recipe", "nope.yaml"]),
         ("YAML syntax error", [sys.executable, "train_mlm.py", "--recipe", str(f["bad_yaml"])]),
+        ("a section given twice", [sys.executable, "train_mlm.py", "--recipe", str(f["twice"])]),
         ("unknown key in a recipe", [sys.executable, "train_mlm.py", "--recipe",
                                      str(f["unknown_key"])]),
         ("wrong type", [*train, "--learning_rate", "fast"]),

@@ -339,6 +339,10 @@ def finetune(config: FinetuneConfig) -> dict:
                "torch_threads": torch.get_num_threads()}
     state = run_state()
     main = state.is_main_process  # every process has every row; one writes them
+    if main:  # a run stopped half-way must not leave the last run's table beside its figures
+        for stale in [out_dir / "results.json", out_dir / "report.md",
+                      *out_dir.glob("learning_curve_*.png")]:
+            stale.unlink(missing_ok=True)
     for task in config.tasks:
         section = run_task(task, config.models, out_dir, config, log, data.pop(task.name))
         png = out_dir / f"learning_curve_{_slug(task.name)}.png"
@@ -350,8 +354,10 @@ def finetune(config: FinetuneConfig) -> dict:
     results["seconds"] = round(time.time() - t0, 1)
     results["processes"] = state.num_processes
     if main:
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
         (out_dir / "report.md").write_text(finetune_report(results))
+        tmp = out_dir / ".results.json.tmp"  # results.json appears whole, and last
+        tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+        os.replace(tmp, out_dir / "results.json")
     results["output_dir"] = str(out_dir)
     return results
 

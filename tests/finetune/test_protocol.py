@@ -71,7 +71,10 @@ def test_checkpoint_learning_rate_goes_to_models_from_a_general_checkpoint(tmp_p
     task = TaskConfig(name="bbc3", data=data, training=train, protocol=ProtocolConfig(train_sizes="12", seeds=1))
     models = [str(folders["scratch"]), "random-init", str(tiny_model), str(folders["dapt"])]
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "learning_curve_old-task.png").write_bytes(b"a figure of an earlier run")
     res = finetune(FinetuneConfig(models=models, tasks=[task], run=run_config(out, save_models="none")))
+    assert not (out / "learning_curve_old-task.png").exists()  # not beside this run's table
     rates = {r["model"]: r["learning_rate"] for r in res["tasks"][0]["runs"]}
     assert rates == {str(folders["scratch"]): 1e-3, "random-init": 1e-3, str(tiny_model): 2e-5,
                      str(folders["dapt"]): 2e-5}
