@@ -6,6 +6,7 @@ Models are plain transformers `*ForMaskedLM` classes, so what we save is a stand
 from __future__ import annotations
 
 import json
+import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +47,34 @@ def model_shape(cfg: ModelConfig) -> dict:
         )
     return {"num_hidden_layers": layers, "hidden_size": hidden, "num_attention_heads": heads,
             "intermediate_size": cfg.intermediate_size or 4 * hidden}
+
+
+TRAINING_BYTES_PER_PARAMETER = 16
+"""float32 weights, gradients and AdamW's two moments: 4 bytes each."""
+
+
+def memory_for_training() -> tuple[int, str]:
+    """Bytes the model's training state may use, and where: the GPU's memory when there is
+    one, else the machine's RAM."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory, "the GPU's memory"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+
+
+def check_fits_in_memory(shape: dict, max_seq_length: int) -> None:
+    """Refuse, before any work, a model from scratch whose weights, gradients and optimizer
+    state alone exceed the memory it would train in (a mistyped --num_hidden_layers or
+    --hidden_size would otherwise run out of memory while the model is built). The vocabulary
+    is not known yet and is left out, so the estimate is a lower bound."""
+    h, layers, inner = shape["hidden_size"], shape["num_hidden_layers"], shape["intermediate_size"]
+    params = layers * (4 * h * h + 2 * h * inner) + max(512, max_seq_length) * h
+    need, (have, where) = params * TRAINING_BYTES_PER_PARAMETER, memory_for_training()
+    if need > have:
+        raise UserError(f"a model of {layers} layers of width {h} (FFN {inner}) with "
+                        f"{max(512, max_seq_length):,} positions has at least {params / 1e9:.1f} B "
+                        f"parameters: its training state alone needs {need / 2**30:,.0f} GiB, "
+                        f"more than {where} ({have / 2**30:,.0f} GiB); check --num_hidden_layers, "
+                        "--hidden_size, --intermediate_size and --max_seq_length")
 
 
 def usable_positions(config: dict) -> int | None:
@@ -102,7 +131,7 @@ def check_model_settings(cfg: ModelConfig, max_seq_length: int) -> None:
     model built from scratch; for a checkpoint, that it is a model folder whose positions
     cover max_seq_length."""
     if not cfg.model_name_or_path:
-        model_shape(cfg)
+        check_fits_in_memory(model_shape(cfg), max_seq_length)
         return
     name = cfg.model_name_or_path
     config = read_model_config(resolve_path(name), f"--model_name_or_path {name}")

@@ -127,6 +127,7 @@ def cases(f: dict[str, Path], tmp: Path) -> list[tuple[str, list[str]]]:
         ("flag that does not exist", [*train, "--learning_rat", "1e-3"]),
         ("negative seed", [*train, "--seed", "-1"]),
         ("attention heads that do not divide the width", [*train, "--num_attention_heads", "3"]),
+        ("a model too large for the machine", [*train, "--num_hidden_layers", "100000"]),
         ("blocks longer than the checkpoint reads", [sys.executable, "train_mlm.py", "--recipe",
                                                      "data_recipes/demo_minilm.yaml",
                                                      "--max_seq_length", "1024", "--output_dir",
