@@ -5,6 +5,7 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -80,11 +81,14 @@ def _negative_number(text: str) -> bool:
     return True
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (a library's multi-line message inside ours)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def create_folder(path, flag: str = "--output_dir") -> None:
     """Create an output folder (and its parents), or say in one line why it cannot be made (a
     file on its path, no permission), naming the setting `flag`."""
-    from pathlib import Path
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file; give a folder")

@@ -5,6 +5,7 @@ Models are plain transformers `*ForMaskedLM` classes, so what we save is a stand
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from transformers import (
 )
 
 from mlm.config import ModelConfig
-from mlm.errors import UserError
+from mlm.errors import UserError, one_line
 from mlm.recipe import resolve_path
 
 # (layers, hidden) of the BERT miniatures (Turc et al. 2019); heads = hidden / 64.
@@ -92,6 +93,19 @@ def usable_positions(config: dict) -> int | None:
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
+@functools.lru_cache(maxsize=64)
+def _transformers_refusal(folder: str, content: str) -> str | None:
+    """Why AutoConfig refuses a folder's config.json (an unknown model_type, a field of the
+    wrong type), or None; once per folder and content of the file (a run checks its models
+    several times before any work)."""
+    try:
+        with quiet_transformers():
+            AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - any refusal, reported in one line
+        return one_line(exc)
+    return None
+
+
 def read_model_config(path: Path, name: str) -> dict:
     """The config.json of model folder `path` as a dict; `name` (how the user gave the model)
     heads the one-line error when the folder holds no configuration transformers can read, or
@@ -105,13 +119,9 @@ def read_model_config(path: Path, name: str) -> dict:
     if not isinstance(config, dict) or not config.get("model_type"):
         raise UserError(f"{name}: {path / 'config.json'} is not a transformers configuration "
                         "(no model_type)")
-    try:  # transformers' own checks: a known model_type, fields of the right types
-        with quiet_transformers():
-            AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    except Exception as exc:  # noqa: BLE001 - any refusal, reported in one line
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise UserError(f"{name}: transformers cannot read {path / 'config.json'} "
-                        f"({reason})") from None
+    reason = _transformers_refusal(str(path), json.dumps(config, sort_keys=True))
+    if reason:
+        raise UserError(f"{name}: transformers cannot read {path / 'config.json'} ({reason})")
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise UserError(f"{name}: no weights in {path} (expected {' or '.join(WEIGHT_FILES)}; "
                         "mlm loads safetensors only)")

@@ -37,9 +37,15 @@ from mlm.config import Recipe, check_ranges, to_dict
 from mlm.corpus import build_corpus
 from mlm.corpus.build import corpus_stats, format_stats
 from mlm.cpus import resolve_precision, set_torch_threads
-from mlm.errors import Stopped, UserError, create_folder
+from mlm.errors import Stopped, UserError, create_folder, one_line
 from mlm.masking import MaskingCollator
-from mlm.modeling import check_model_settings, count_parameters, param_groups, quiet_transformers
+from mlm.modeling import (
+    WEIGHT_FILES,
+    check_model_settings,
+    count_parameters,
+    param_groups,
+    quiet_transformers,
+)
 from mlm.objective import build_objective
 from mlm.packing import load_blocks, prepare_blocks
 from mlm.recipe import corpus_fingerprint, fingerprint, resolve_path
@@ -56,8 +62,6 @@ def pretrain(recipe: Recipe) -> Path:
     check_model_settings(recipe.model, recipe.packing.max_seq_length)
     check_tokenizer_settings(recipe.tokenizer, recipe.packing.max_seq_length)
     out = Path(recipe.training.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output_dir {out} is a file; give a folder")
     for flag, source in (("model_name_or_path", recipe.model.model_name_or_path),
                          ("tokenizer_name_or_path", recipe.tokenizer.tokenizer_name_or_path)):
         if source and out.exists() and resolve_path(source).resolve() == out.resolve():
@@ -616,8 +620,7 @@ MODEL_STATE_NAMES = ("model.safetensors", "pytorch_model.bin", "pytorch_model_fs
                      "pytorch_model")
 """What Accelerate's save_state writes for the model: safetensors or torch (one process, DDP),
 a sharded folder (FSDP), DeepSpeed's folder."""
-MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json",
-               "pytorch_model.bin")
+MODEL_FILES = ("config.json", *WEIGHT_FILES, "pytorch_model.bin")
 """A model's files: an output folder holding them without our recipe is someone else's model."""
 
 
@@ -657,8 +660,7 @@ class Checkpointer:
         try:
             self.accelerator.load_state(str(resume_from / "training_state"))
         except (OSError, RuntimeError, ValueError, KeyError) as exc:  # a damaged state file
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{resume_from}: its training state cannot be loaded ({reason}); "
+            raise UserError(f"{resume_from}: its training state cannot be loaded ({one_line(exc)}); "
                             "resume from another checkpoint") from None
         state = json.loads((resume_from / "training_state" / "progress.json").read_text())
         step = state["progress"]["step"]
@@ -847,10 +849,9 @@ def _read_json(path: Path):
 
 
 STALE = ("finetune", "checkpoints", "metrics.jsonl", "run_summary.json", "recipe.resolved.yaml",
-         "loss_curve.png", "tensorboard", "generator", "config.json", "generation_config.json",
-         "model.safetensors", "model.safetensors.index.json", "tokenizer.json",
-         "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-         "vocab.json", "merges.txt")
+         "loss_curve.png", "tensorboard", "generator", *MODEL_FILES, "generation_config.json",
+         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+         "vocab.txt", "vocab.json", "merges.txt")
 """What a new run in an output folder replaces: the old model (weights, config, tokenizer, RTD
 generator), its record (recipe, summary, metrics, curves, TensorBoard events) and what was
 measured on it (fine-tuning results, checkpoints). Files of other names are the user's."""

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.corpus}: no document to audit")
     report = audit(toks, texts, top=args.top)
     print(format_table(report))
-    Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
     print(f"\nwritten: {args.json}")
     return 0
 
