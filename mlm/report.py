@@ -169,6 +169,28 @@ def recommendation_lines(section: dict, kinds: dict) -> list[str]:
     return lines
 
 
+def self_training_lines(section: dict) -> list[str]:
+    """Per model and size that self-trained: the student's main metric against its teacher's
+    (the same run's model before pseudo-labels), paired over seeds, and the pseudo-labels used."""
+    metric, runs = section["metric"], {}
+    for r in section.get("runs", []):
+        st = r.get("self_training")
+        if st and st.get("pseudo_labels"):
+            runs.setdefault((r["model"], r["train_size"]), []).append(r)
+    lines = []
+    for (model, size), rows in runs.items():
+        student = [r["test"][metric] for r in rows]
+        teacher = [r["self_training"]["teacher"]["test"][metric] for r in rows]
+        d = paired_difference(student, teacher)
+        gap = f"{d['mean']:+.3f}" + (f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d["n"] > 1 else "")
+        pseudo = sum(r["self_training"]["pseudo_labels"] for r in rows) / len(rows)
+        lines.append(f"self-training, {model} n={size}: {metric} {sum(teacher) / len(teacher):.3f} "
+                     f"(teacher) -> {sum(student) / len(student):.3f} (student, reported above), "
+                     f"{gap} paired over {d['n']} seeds; {pseudo:,.0f} pseudo-labeled texts per run "
+                     f"({rows[0]['self_training']['pseudo_label_teacher']} teacher)")
+    return lines
+
+
 def finetune_tables(section: dict, markdown: bool = True) -> str:
     """A table per task: rows (model, size), one column per metric, mean ± std [95 % interval]."""
     metrics = [section["metric"]] + [m for m in section["metrics"] if m != section["metric"]]
@@ -200,6 +222,7 @@ def finetune_report(results: dict) -> str:
         lines += [f"## {t['name']} ({t['task']}, main metric: {t['metric']})", "",
                   finetune_tables(t), "", *[f"- {w}" for w in winners(t)], "",
                   *[f"- recommendation, {w}" for w in recommendation_lines(t, results.get("kinds", {}))],
+                  *[f"- {w}" for w in self_training_lines(t)],
                   "",
                   f"![learning curve]({t['learning_curve']})", "",
                   f"Data: `{sp.get('train_file')}`; train pool {sp['sizes']['train_pool']}, validation "

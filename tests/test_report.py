@@ -36,3 +36,25 @@ def test_overlap_is_not_a_win_and_says_what_would_separate():
     assert r["verdict"] == "not separated" and r["difference"]["seeds_needed"] > 3
     assert "seeds would separate" in recommendation_lines(s, KINDS)[0]
     assert recommendation(_section({"runs/a": [0.7], "runs/b": [0.6]}), KINDS) == []  # no baseline
+
+
+def test_self_training_line_pairs_each_student_with_its_teacher():
+    """The report line sets each run's student against the teacher of the same run (the model
+    before pseudo-labels), paired over seeds; runs without pseudo-labels are left out."""
+    from mlm.report import self_training_lines
+
+    def run(seed, student, teacher, pseudo=100):
+        st = {"teacher": {"test": {"accuracy": teacher}}, "pseudo_labels": pseudo,
+              "pseudo_label_teacher": "model+tfidf"}
+        return {"model": "runs/a", "train_size": 100, "seed": seed, "test": {"accuracy": student},
+                "self_training": st}
+
+    s = _section({"runs/a": [0.70, 0.80, 0.60]})
+    s["runs"] = [run(0, 0.70, 0.65), run(1, 0.80, 0.76), run(2, 0.60, 0.54, pseudo=300),
+                 run(3, 0.10, 0.90, pseudo=0), {"model": "tfidf-logreg", "train_size": 100, "seed": 0,
+                                                "test": {"accuracy": 0.5}}]
+    [line] = self_training_lines(s)
+    assert line.startswith("self-training, runs/a n=100: accuracy 0.650 (teacher) -> 0.700 (student")
+    assert "+0.050 [" in line and "paired over 3 seeds; 167 pseudo-labeled texts per run" in line
+    del s["runs"]
+    assert self_training_lines(s) == []

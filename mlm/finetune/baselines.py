@@ -44,9 +44,11 @@ def _predict(clf, x, n_labels: int, multi_label: bool):
     return [int(v) for v in clf.predict(x)]
 
 
-def run_classification(subset: list[TextExample], data: TaskData, seed: int, metric: str, cache: dict) -> dict:
-    t0 = time.time()
-    if "tfidf" not in cache:  # fitted once per task on the whole unlabeled pool
+def fit_classifier(subset: list[TextExample], data: TaskData, seed: int, metric: str, cache: dict):
+    """TF-IDF features (fitted once per task on the whole unlabeled pool, kept in `cache`) and the
+    logistic regression on `subset` whose C scores best on validation: (vectorizer, classifier,
+    C, validation scores)."""
+    if "tfidf" not in cache:
         texts = [joined_text(ex) for ex in data.train]
         vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=100_000,
                               analyzer="char" if _mostly_cjk(texts) else "word")
@@ -69,6 +71,23 @@ def run_classification(subset: list[TextExample], data: TaskData, seed: int, met
         if best is None or val[metric] > best[0][metric]:
             best = (val, clf, c)
     val, clf, c = best
+    return vec, clf, c, val
+
+
+def probabilities(fitted, examples: list[TextExample], n_labels: int) -> np.ndarray:
+    """Class probabilities [examples, labels] of a single-label `fit_classifier` result (a class
+    the subset lacks gets 0)."""
+    vec, clf = fitted[0], fitted[1]
+    proba = clf.predict_proba(vec.transform([joined_text(ex) for ex in examples]))
+    out = np.zeros((len(examples), n_labels))
+    out[:, np.asarray(clf.classes_, dtype=int)] = proba
+    return out
+
+
+def run_classification(subset: list[TextExample], data: TaskData, seed: int, metric: str, cache: dict) -> dict:
+    t0 = time.time()
+    vec, clf, c, val = fit_classifier(subset, data, seed, metric, cache)
+    names, ml = data.label_names, data.multi_label
     preds = _predict(clf, vec.transform([joined_text(ex) for ex in data.test]), len(names), ml)
     test = classification_scores(preds, _targets(data.test, names, ml).tolist(), ml)
     predictions = [{"where": ex.where, "label": ex.labels,
@@ -83,12 +102,16 @@ class _Constant:
 
     def __init__(self, label: int):
         self.label = label
+        self.classes_ = np.array([label])
 
     def fit(self, x, y):
         return self
 
     def predict(self, x):
         return np.full(x.shape[0], self.label)
+
+    def predict_proba(self, x):
+        return np.ones((x.shape[0], 1))
 
 
 def _shape(word: str) -> str:

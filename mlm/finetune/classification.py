@@ -14,6 +14,7 @@ on all of the text that fits the windows, as a bag-of-words baseline would be.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import DataCollatorWithPadding
 
+import mlm.finetune.baselines as baselines
 from mlm.finetune.config import TrainConfig
 from mlm.finetune.data import TaskData, TextExample
 from mlm.finetune.engine import device_of, fit, load_model, once, predict_logits
@@ -48,7 +50,7 @@ def encode(tokenizer, examples: list[TextExample], label_names: list[str], multi
         ex = examples[i]
         if multi_label:
             f["labels"] = [1.0 if n in ex.labels else 0.0 for n in label_names]
-        else:
+        elif ex.labels:  # unlabeled texts (self-training) have none
             f["labels"] = index[ex.labels[0]]
         f["doc"] = i
         feats.append(f)
@@ -99,10 +101,67 @@ def references(feats: list[dict], multi_label: bool):
     return [[int(v) for v in f["labels"]] if multi_label else f["labels"] for f in feats]
 
 
+STUDENT_UPDATES = 3
+"""The self-training student's update budget, as a multiple of the teacher's (at least one pass
+over the labeled and pseudo-labeled texts)."""
+
+
 def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: TaskData, seed: int,
-        cfg: TrainConfig, metric: str, progress: str | None = None, cache: dict | None = None) -> dict:
-    """Fine-tune `spec` on `subset`, pick the best epoch on validation, score the test set.
-    `cache`: one per task, to encode its validation and test sets once per tokenizer."""
+        cfg: TrainConfig, metric: str, progress: str | None = None, cache: dict | None = None,
+        unlabeled: list[TextExample] | None = None, tfidf_cache: dict | None = None) -> dict:
+    """Fine-tune `spec` on `subset`, pick the best epoch on validation, score the test set; with
+    `cfg.self_training` and `unlabeled` texts (single-label tasks), that model is the teacher of
+    a student trained on `subset` and the teacher's most confident pseudo-labels, and the
+    student is returned, with the teacher's scores under "self_training".
+    `cache`: one per task, to encode its validation and test sets once per tokenizer;
+    `tfidf_cache`: the TF-IDF baseline's, for the model+tfidf teacher."""
+    out = train(spec, first_folder, subset, data, seed, cfg, metric, progress, cache)
+    if not (cfg.self_training and unlabeled) or data.multi_label:
+        return out
+    pseudo = pseudo_labels(out, subset, unlabeled, data, seed, cfg, metric,
+                           {} if tfidf_cache is None else tfidf_cache)
+    teacher = {"validation": out["validation"], "test": out["test"], "best_epoch": out["fit"].best_epoch,
+               "steps": out["fit"].steps, "seconds": round(out["fit"].seconds, 2)}
+    info = {"teacher": teacher, "pseudo_label_teacher": cfg.pseudo_label_teacher,
+            "unlabeled": len(unlabeled), "pseudo_labels": len(pseudo),
+            "pseudo_label_counts": dict(Counter(ex.labels[0] for ex in pseudo))}
+    if not pseudo:
+        return {**out, "self_training": info}
+    out.clear()  # the teacher's weights go before the student's are loaded
+    epochs = max(1.0, STUDENT_UPDATES * cfg.num_train_epochs * len(subset) / (len(subset) + len(pseudo)))
+    student = train(spec, first_folder, subset + pseudo, data, seed,
+                    dataclasses.replace(cfg, num_train_epochs=epochs), metric,
+                    progress and f"{progress} student", cache)
+    return {**student, "self_training": {**info, "student_epochs": round(epochs, 3)}}
+
+
+def pseudo_labels(teacher: dict, subset: list[TextExample], unlabeled: list[TextExample], data: TaskData,
+                  seed: int, cfg: TrainConfig, metric: str, tfidf_cache: dict) -> list[TextExample]:
+    """`unlabeled` texts labeled by the teacher (its class probabilities, or their mean with a
+    TF-IDF logistic regression's on `subset`): per predicted class the most confident ones, at
+    most pseudo_label_share x len(unlabeled) / classes and max_pseudo_labels / classes each."""
+    model, tok = teacher["model"], teacher["tokenizer"]
+    names = data.label_names
+    feats = encode(tok, unlabeled, names, False, cfg.max_length, cfg.max_windows)
+    logits, _ = per_document(predict_logits(model, feats, cfg.per_device_eval_batch_size,
+                                            DataCollatorWithPadding(tok), cfg.mixed_precision), feats)
+    probs = torch.stack(logits).softmax(-1)
+    if cfg.pseudo_label_teacher == "model+tfidf":
+        fitted = baselines.fit_classifier(subset, data, seed, metric, tfidf_cache)
+        probs = (probs + torch.from_numpy(baselines.probabilities(fitted, unlabeled, len(names))).float()) / 2
+    confidence, predicted = probs.max(-1)
+    per_class = int(min(cfg.pseudo_label_share * len(unlabeled), cfg.max_pseudo_labels) / len(names))
+    chosen: list[int] = []
+    for c in range(len(names)):
+        idx = (predicted == c).nonzero().flatten()
+        top = confidence[idx].argsort(descending=True, stable=True)[:per_class]
+        chosen += idx[top].tolist()
+    return [dataclasses.replace(unlabeled[i], labels=[names[int(predicted[i])]]) for i in sorted(chosen)]
+
+
+def train(spec: str, first_folder: Path | None, subset: list[TextExample], data: TaskData, seed: int,
+          cfg: TrainConfig, metric: str, progress: str | None = None, cache: dict | None = None) -> dict:
+    """Fine-tune `spec` on `subset` once (no self-training): `run`'s result."""
     model, tok = load_model(spec, first_folder, "classification", data.label_names, seed, cfg, data.multi_label)
     args = (data.label_names, data.multi_label, cfg.max_length, cfg.max_windows)
     train = encode(tok, subset, *args)

@@ -68,6 +68,8 @@ class TaskData:
     """How the splits were made (files, seeds, indices), written to results.json."""
     notes: list[str] = field(default_factory=list)
     """Warnings to print and report (e.g. repaired tag transitions)."""
+    unlabeled: list = field(default_factory=list)
+    """Texts of unlabeled_file (TextExample without labels), for self-training."""
 
     @property
     def entity_types(self) -> list[str]:
@@ -541,8 +543,30 @@ def load_task(cfg: DataConfig, base: Path | None = None) -> TaskData:
         splits["validation_file"] = str(cfg.validation_file)
     splits["sizes"] = {"train_pool": len(pool), "validation": len(validation), "test": len(test)}
     labels = _label_set(cfg, whole_file, {"validation": validation, "test": test}, paths)
+    unlabeled = []
+    if cfg.unlabeled_file:
+        if cfg.task != "classification":
+            raise UserError("--unlabeled_file is for self-training, which classification tasks do; "
+                            "drop it for NER")
+        path = resolve_path(cfg.unlabeled_file, base)
+        if not path.is_file():
+            raise UserError(f"unlabeled data not found: {path}")
+        held_out = {joined_text(ex) for ex in validation + test}
+        unlabeled = [ex for ex in read_unlabeled(path) if ex.text not in held_out]
+        splits["unlabeled_file"] = {"file": str(cfg.unlabeled_file), "texts": len(unlabeled)}
     return TaskData(cfg.task, labels, pool, validation, test, cfg.multi_label and cfg.task == "classification",
-                    splits, notes)
+                    splits, notes, unlabeled)
+
+
+@_utf8
+def read_unlabeled(path: Path) -> list[TextExample]:
+    """One unlabeled text per non-empty line of `path`."""
+    with _open_text(path) as f:
+        texts = [TextExample(line.strip(), None, [], f"{path.name}:{n}")
+                 for n, line in enumerate(f, 1) if line.strip()]
+    if not texts:
+        raise UserError(f"{path}: no text (--unlabeled_file holds one unlabeled text per line)")
+    return texts
 
 
 def _label_set(cfg: DataConfig, pool, others: dict, paths: dict) -> list[str]:

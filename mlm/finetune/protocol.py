@@ -28,7 +28,7 @@ from mlm.config import check_ranges, to_dict
 from mlm.cpus import resolve_precision, set_torch_threads
 from mlm.errors import UserError, create_folder
 from mlm.finetune.config import FinetuneConfig, TaskConfig, TrainConfig
-from mlm.finetune.data import TaskData, load_task, stratified_order
+from mlm.finetune.data import TaskData, TextExample, load_task, stratified_order
 from mlm.finetune.engine import (
     RANDOM_INIT,
     TFIDF,
@@ -165,24 +165,34 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
             out = setfit_route.run_classification(spec, subset, data, seed, task.training, metric, progress=label)
             extra = {"hyperparameters": out["hyperparameters"], "device": out["device"]}
         else:
-            mod = classification if kind == "classification" else ner
             label = None if cfg.run.quiet else f"{model_label(spec)} n={size} seed={seed}"
-            out = mod.run(spec, first, subset, data, seed, training[spec], metric, progress=label,
-                          cache=encoded)
+            if kind == "classification":
+                out = classification.run(spec, first, subset, data, seed, training[spec], metric,
+                                         progress=label, cache=encoded,
+                                         unlabeled=unlabeled_texts(data, orders[seed][size:]),
+                                         tfidf_cache=cache)
+            else:
+                out = ner.run(spec, first, subset, data, seed, training[spec], metric, progress=label,
+                              cache=encoded)
             device = device_of(out["model"])
             extra = {"best_epoch": out["fit"].best_epoch, "epochs": out["fit"].epochs,
                      "steps": out["fit"].steps, "learning_rate": training[spec].learning_rate,
                      "history": out["fit"].history, "device": str(device),
                      "mixed_precision": resolve_precision(training[spec].mixed_precision,
                                                           device.type)}
+            if "self_training" in out:
+                extra["self_training"] = out["self_training"]
         row = {"model": model_label(spec), "train_size": size, "seed": seed,
                "validation": out["validation"], "test": out["test"],
                "seconds": round(time.time() - t0, 2), **extra}
         runs.append((index, row))
         where = f" [process {rank}]" if world > 1 else ""
+        st = out.get("self_training")
+        teacher = f", teacher {st['teacher']['test'][metric]:.4f} + {st['pseudo_labels']} pseudo-labels" \
+            if st else ""
         log(f"  {model_label(spec):<24} n={size:<5} seed={seed}  test {metric}="
-            f"{out['test'][metric]:.4f}  (val {out['validation'][metric]:.4f}, {row['seconds']:.0f}s)"
-            f"{where}")
+            f"{out['test'][metric]:.4f}  (val {out['validation'][metric]:.4f}{teacher}, "
+            f"{row['seconds']:.0f}s){where}")
         _maybe_save(cfg.run.save_models, out, spec, size, sizes[-1], seed, metric, stage_dir, best_val)
         out.clear()
     if world > 1:
@@ -199,6 +209,12 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
             "label_names": data.label_names, "sizes": sizes, "seeds": seeds, "splits": data.splits,
             "notes": data.notes, "config": to_dict(task), "runs": runs, "summary": summary,
             "saved_models": {k: str(v[1]) for k, v in best_val.items()}}
+
+
+def unlabeled_texts(data: TaskData, outside: list[int]) -> list[TextExample]:
+    """The self-training texts of a run: the training pool at indices `outside` (the texts
+    outside its labeled subset), labels dropped, then the task's unlabeled_file."""
+    return [dataclasses.replace(data.train[i], labels=[]) for i in outside] + data.unlabeled
 
 
 def _gather_runs(runs: list, best_val: dict, task_dir: Path, state) -> tuple[list, dict]:

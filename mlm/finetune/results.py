@@ -38,7 +38,8 @@ class FinetuneResults:
     models: list[str]
     scores: list[Score]
     recommendations: list[str] = ()
-    """Per task and train size: does a pretraining route beat the best baseline (report.py)."""
+    """Per task and train size: does a pretraining route beat the best baseline, and what
+    self-training added to each model (report.py)."""
 
     @classmethod
     def from_json(cls, path: str | Path) -> FinetuneResults:
@@ -49,10 +50,11 @@ class FinetuneResults:
                             tuple(s["ci95"]) if all(map(math.isfinite, s["ci95"])) else None, s["n"])
                       for t in data["tasks"] for model in t["models"] for size in t["sizes"]
                       for s in [t["summary"][model][str(size)][t["metric"]]]]
-            from mlm.report import recommendation_lines
+            from mlm.report import recommendation_lines, self_training_lines
 
             kinds = data.get("kinds", {})
-            recs = [f"{t['name']}, {line}" for t in data["tasks"] for line in recommendation_lines(t, kinds)]
+            recs = [f"{t['name']}, {line}" for t in data["tasks"]
+                    for line in recommendation_lines(t, kinds) + self_training_lines(t)]
             return cls(data["name"], data["models"], scores, recs)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{path}: not a results.json written by mlm.finetune ({exc!r})") from None
