@@ -15,6 +15,7 @@ on all of the text that fits the windows, as a bag-of-words baseline would be.
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +105,9 @@ def references(feats: list[dict], multi_label: bool):
 STUDENT_UPDATES = 3
 """The self-training student's update budget, as a multiple of the teacher's (at least one pass
 over the labeled and pseudo-labeled texts)."""
+SCORED_PER_PSEUDO_LABEL = 20
+"""At most this many unlabeled texts per pseudo-label allowed (max_pseudo_labels) are scored by
+the teacher: a seeded sample of a larger pool, so a huge unlabeled file costs no more."""
 
 
 def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: TaskData, seed: int,
@@ -118,12 +122,15 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
     out = train(spec, first_folder, subset, data, seed, cfg, metric, progress, cache)
     if not (cfg.self_training and unlabeled) or data.multi_label:
         return out
+    scored = len(unlabeled)
+    if scored > SCORED_PER_PSEUDO_LABEL * cfg.max_pseudo_labels:  # a seeded sample of a huge pool
+        unlabeled = random.Random(seed).sample(unlabeled, SCORED_PER_PSEUDO_LABEL * cfg.max_pseudo_labels)
     pseudo = pseudo_labels(out, subset, unlabeled, data, seed, cfg, metric,
                            {} if tfidf_cache is None else tfidf_cache)
     teacher = {"validation": out["validation"], "test": out["test"], "best_epoch": out["fit"].best_epoch,
                "steps": out["fit"].steps, "seconds": round(out["fit"].seconds, 2)}
     info = {"teacher": teacher, "pseudo_label_teacher": cfg.pseudo_label_teacher,
-            "unlabeled": len(unlabeled), "pseudo_labels": len(pseudo),
+            "unlabeled": scored, "scored": len(unlabeled), "pseudo_labels": len(pseudo),
             "pseudo_label_counts": dict(Counter(ex.labels[0] for ex in pseudo))}
     if not pseudo:
         return {**out, "self_training": info}
@@ -139,7 +146,9 @@ def pseudo_labels(teacher: dict, subset: list[TextExample], unlabeled: list[Text
                   seed: int, cfg: TrainConfig, metric: str, tfidf_cache: dict) -> list[TextExample]:
     """`unlabeled` texts labeled by the teacher (its class probabilities, or their mean with a
     TF-IDF logistic regression's on `subset`): per predicted class the most confident ones, at
-    most pseudo_label_share x len(unlabeled) / classes and max_pseudo_labels / classes each."""
+    most pseudo_label_share x len(unlabeled) / classes and max_pseudo_labels / classes each (a
+    class the teacher predicts less often gives fewer; its quota is not handed to the others).
+    The texts' own labels, if any, are never read."""
     model, tok = teacher["model"], teacher["tokenizer"]
     names = data.label_names
     feats = encode(tok, unlabeled, names, False, cfg.max_length, cfg.max_windows)

@@ -160,9 +160,11 @@ class TrainConfig:
     the text, which err differently; the student is still one transformers model)."""
     pseudo_label_share: float = bounded(0.5, 0, 1, above=True)
     """Share of the unlabeled texts kept as pseudo-labels: per predicted class the most confident
-    ones, the same number per class (so the student does not learn the teacher's bias)."""
+    ones, at most this share of the unlabeled texts divided by the number of classes (a class
+    the teacher predicts less often gives fewer)."""
     max_pseudo_labels: int = bounded(5000, 1, None)
-    """At most this many pseudo-labeled texts (the student's cost grows with them)."""
+    """At most this many pseudo-labeled texts, as many per class (the student's cost grows with
+    them); a seeded sample of at most 20 times this many unlabeled texts is scored."""
     setfit_num_iterations: int = bounded(20, 1, None)
     """SetFit (`--model setfit`): contrastive pairs drawn per labeled text and per side (similar /
     dissimilar), i.e. 2 x this x the train size pairs, one epoch over them."""

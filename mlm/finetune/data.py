@@ -551,8 +551,12 @@ def load_task(cfg: DataConfig, base: Path | None = None) -> TaskData:
         path = resolve_path(cfg.unlabeled_file, base)
         if not path.is_file():
             raise UserError(f"unlabeled data not found: {path}")
-        held_out = {joined_text(ex) for ex in validation + test}
-        unlabeled = [ex for ex in read_unlabeled(path) if ex.text not in held_out]
+        if cfg.text_pair_column:
+            raise UserError("--unlabeled_file holds single texts, one per line; a sentence-pair "
+                            "task (--text_pair_column) self-trains on its training pool only")
+        # a held-out text is dropped however its spaces and line breaks were written
+        held_out = {" ".join(t.split()) for ex in validation + test for t in (ex.text, joined_text(ex))}
+        unlabeled = [ex for ex in read_unlabeled(path) if " ".join(ex.text.split()) not in held_out]
         splits["unlabeled_file"] = {"file": str(cfg.unlabeled_file), "texts": len(unlabeled)}
     return TaskData(cfg.task, labels, pool, validation, test, cfg.multi_label and cfg.task == "classification",
                     splits, notes, unlabeled)

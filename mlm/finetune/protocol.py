@@ -116,6 +116,14 @@ def load_checked(task: TaskConfig, models: list[str], cfg: FinetuneConfig) -> Ta
     for m in [m for m in models if is_folder_spec(m)]:
         name = f"model '{m}'"
         check_positions(read_model_config(check_model_folder(m), name), length, flag, name)
+    if task.data.unlabeled_file and (not t.self_training or data.multi_label):
+        raise UserError("--unlabeled_file is read only for self-training, which needs "
+                        "--self_training and one label per text")
+    if kind == "classification" and t.self_training and not data.multi_label \
+            and t.max_pseudo_labels < len(data.label_names):
+        raise UserError(f"--max_pseudo_labels {t.max_pseudo_labels} is below the "
+                        f"{len(data.label_names)} classes: self-training needs at least one per "
+                        "class (or --self_training false)")
     if kind == "ner" and t.doc_stride >= t.ner_max_length - 2:  # [CLS] and [SEP] take two
         raise UserError(f"--doc_stride {t.doc_stride} must be smaller than the window, "
                         f"--ner_max_length {t.ner_max_length} less its 2 special tokens")
@@ -274,8 +282,10 @@ def _maybe_save(mode: str, out: dict, spec: str, size: int, largest: int, seed: 
     with (folder / "predictions.jsonl").open("w", encoding="utf-8") as f:
         for p in out["predictions"]:
             f.write(json.dumps(p, ensure_ascii=False) + "\n")
-    (folder / "finetune_run.json").write_text(json.dumps(
-        {"train_size": size, "seed": seed, "validation": out["validation"], "test": out["test"]}, indent=2))
+    run = {"train_size": size, "seed": seed, "validation": out["validation"], "test": out["test"]}
+    if "self_training" in out:  # this folder is the student; its teacher's scores beside it
+        run["self_training"] = out["self_training"]
+    (folder / "finetune_run.json").write_text(json.dumps(run, indent=2))
 
 
 def run_summary(spec: str) -> dict | None:

@@ -49,8 +49,10 @@ def test_the_student_learns_from_the_teachers_most_confident_labels(tiny_model, 
     st = out["self_training"]
     assert st["teacher"]["test"] == alone["test"] and st["teacher"]["validation"] == alone["validation"]
     per_class = int(0.5 * 39 / 3)
-    assert st["unlabeled"] == 39 and st["pseudo_labels"] == sum(st["pseudo_label_counts"].values())
+    assert st["unlabeled"] == st["scored"] == 39
+    assert st["pseudo_labels"] == sum(st["pseudo_label_counts"].values())
     assert all(n <= per_class for n in st["pseudo_label_counts"].values()) and st["pseudo_labels"] >= per_class
+    assert len(st["pseudo_label_counts"]) >= 2  # not one class alone
     n_train = 9 + st["pseudo_labels"]
     epochs = max(1.0, STUDENT_UPDATES * 2 * 9 / n_train)
     assert st["student_epochs"] == pytest.approx(epochs, abs=1e-3)
@@ -72,6 +74,12 @@ def test_pseudo_labels_are_balanced_and_the_most_confident_of_each_class(tiny_mo
                            "macro_f1", {})
     truth = {ex.where: ex.labels for ex in hidden}
     assert all(ex.labels and ex.where in truth for ex in chosen)
+    # the texts' own labels are never read: wrong ones planted in them change nothing
+    names = bbc.label_names
+    planted = [dataclasses.replace(ex, labels=[names[(names.index(ex.labels[0]) + 1) % 3]]) for ex in hidden]
+    again = pseudo_labels(teacher, labeled, planted, bbc, 0, dataclasses.replace(cfg, pseudo_label_share=1.0),
+                          "macro_f1", {})
+    assert [(ex.where, ex.labels) for ex in again] == [(ex.where, ex.labels) for ex in chosen]
     agree = sum(truth[ex.where] == ex.labels for ex in chosen) / len(chosen)
     assert len(chosen) >= 20 and agree > 0.6, (len(chosen), agree)
     half = pseudo_labels(teacher, labeled, unlabeled, bbc, 0, dataclasses.replace(cfg, pseudo_label_share=0.5),
@@ -94,7 +102,8 @@ def test_the_protocol_self_trains_on_the_pool_outside_the_subset(tmp_path, tiny_
     with test.open("w", newline="") as f:
         csv.writer(f).writerows([["text", "label"], *rows])
     extra = tmp_path / "more.txt"
-    extra.write_text(f"A new phone was unveiled at the show.\n\n{rows[0][0]}\nShares fell sharply in Tokyo.\n")
+    extra.write_text(f"A new phone was unveiled at the show.\n\n{rows[0][0]}\nShares fell sharply in Tokyo.\n"
+                     f"  {rows[1][0].replace(' ', '  ')}\n")  # a test text with other spacing
     data = DataConfig(train_file=str(bbc_csv["train"]), validation_file=str(bbc_csv["validation"]),
                       test_file=str(test), unlabeled_file=str(extra))
     loaded = load_task(data)
@@ -109,8 +118,22 @@ def test_the_protocol_self_trains_on_the_pool_outside_the_subset(tmp_path, tiny_
     assert runs[12]["self_training"]["unlabeled"] == 36 + len(texts)
     assert runs[12]["self_training"]["pseudo_labels"] > 0
     assert runs[48]["self_training"]["unlabeled"] == len(texts)
+    [folder] = (tmp_path / "out" / "models" / "bbc3").iterdir()  # the student of the largest size
+    kept = json.loads((folder / "finetune_run.json").read_text())
+    assert kept["test"] == runs[48]["test"] and kept["self_training"] == runs[48]["self_training"]
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["tasks"][0]["runs"][0]["self_training"]["teacher"]["test"].keys() == runs[12]["test"].keys()
+
+
+def test_a_huge_pool_is_sampled_and_a_model_teacher_alone_works(tiny_model, bbc):
+    """More than 20 x max_pseudo_labels unlabeled texts: a seeded sample of that many is scored;
+    the `model` teacher (no TF-IDF) labels them too."""
+    labeled = bbc.train[:3] + bbc.train[16:19] + bbc.train[32:35]
+    unlabeled = [dataclasses.replace(ex, labels=[]) for ex in bbc.train if ex not in labeled] * 3
+    cfg = _config(max_pseudo_labels=3, pseudo_label_teacher="model")
+    out = run_classification(str(tiny_model), tiny_model, labeled, bbc, 0, cfg, "macro_f1", unlabeled=unlabeled)
+    st = out["self_training"]
+    assert (st["unlabeled"], st["scored"]) == (117, 60) and 1 <= st["pseudo_labels"] <= 3
 
 
 def test_unlabeled_file_mistakes_are_refused(tmp_path, bbc_csv):
@@ -126,3 +149,21 @@ def test_unlabeled_file_mistakes_are_refused(tmp_path, bbc_csv):
     bad.write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
     with pytest.raises(UserError, match="latin1.txt:2: not UTF-8"):
         load_task(DataConfig(**base, unlabeled_file=str(bad)))
+    pairs = DataConfig(**base, unlabeled_file=str(empty), text_pair_column="label")
+    with pytest.raises(UserError, match="sentence-pair task"):
+        load_task(pairs)
+
+
+def test_settings_self_training_would_ignore_are_refused(tmp_path, tiny_model, bbc_csv):
+    """An unlabeled_file with self-training off, or fewer pseudo-labels allowed than classes,
+    stop before any run."""
+    more = tmp_path / "more.txt"
+    more.write_text("Shares fell sharply in Tokyo.\n")
+    data = DataConfig(train_file=str(bbc_csv["train"]), validation_file=str(bbc_csv["validation"]),
+                      test_file=str(bbc_csv["test"]), unlabeled_file=str(more))
+    for training, match in [(_config(self_training=False), "read only for self-training"),
+                            (_config(max_pseudo_labels=2), "below the 3 classes")]:
+        task = TaskConfig(name="t", data=data, training=training, protocol=ProtocolConfig(seeds=1))
+        with pytest.raises(UserError, match=match):
+            finetune(FinetuneConfig(models=[str(tiny_model)], tasks=[task], run=run_config(tmp_path / "o")))
+        assert not (tmp_path / "o").exists()
