@@ -76,12 +76,16 @@ def set_torch_threads(requested: int | None) -> int:
 @functools.cache
 def cpu_bf16_speedup(size: int = 512, seconds: float = 0.05) -> float:
     """Throughput of bf16 over float32 `size`-square matrix products on this CPU, with torch's
-    threads as set when first called (best of three short rounds each; cached per process)."""
+    threads as set when first called (best of three short rounds each; cached per process).
+    Its random matrices come from a generator of its own: drawn from torch's global one, they
+    shifted the dropout masks of whichever run first asked for `auto` precision after seeding,
+    so a fine-tuning run's score depended on whether it was the first in its process."""
     import torch
 
     rates = []
+    gen = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16):
-        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a, b = (torch.randn(size, size, generator=gen).to(dtype) for _ in range(2))
         a @ b  # warm-up: kernel selection, first-touch memory
         best = 0.0
         for _ in range(3):
