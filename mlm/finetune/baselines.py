@@ -74,10 +74,9 @@ def fit_classifier(subset: list[TextExample], data: TaskData, seed: int, metric:
     return vec, clf, c, val
 
 
-def probabilities(fitted, examples: list[TextExample], n_labels: int) -> np.ndarray:
-    """Class probabilities [examples, labels] of a single-label `fit_classifier` result (a class
-    the subset lacks gets 0)."""
-    vec, clf = fitted[0], fitted[1]
+def probabilities(vec, clf, examples: list[TextExample], n_labels: int) -> np.ndarray:
+    """Class probabilities [examples, labels] of a single-label classifier from `fit_classifier`
+    (a class the subset lacks gets 0)."""
     proba = clf.predict_proba(vec.transform([joined_text(ex) for ex in examples]))
     out = np.zeros((len(examples), n_labels))
     out[:, np.asarray(clf.classes_, dtype=int)] = proba

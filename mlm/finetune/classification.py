@@ -123,15 +123,14 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
     out = train(spec, first_folder, subset, data, seed, cfg, metric, progress, cache)
     if not (cfg.self_training and unlabeled) or data.multi_label:
         return out
-    scored = len(unlabeled)
-    if scored > SCORED_PER_PSEUDO_LABEL * cfg.max_pseudo_labels:  # a seeded sample of a huge pool
+    available = len(unlabeled)
+    if available > SCORED_PER_PSEUDO_LABEL * cfg.max_pseudo_labels:  # a seeded sample of a huge pool
         unlabeled = random.Random(seed).sample(unlabeled, SCORED_PER_PSEUDO_LABEL * cfg.max_pseudo_labels)
-    pseudo = pseudo_labels(out, subset, unlabeled, data, seed, cfg, metric,
-                           {} if tfidf_cache is None else tfidf_cache)
+    pseudo = pseudo_labels(out, subset, unlabeled, data, seed, cfg, metric, tfidf_cache)
     teacher = {"validation": out["validation"], "test": out["test"], "best_epoch": out["fit"].best_epoch,
                "steps": out["fit"].steps, "seconds": round(out["fit"].seconds, 2)}
     info = {"teacher": teacher, "pseudo_label_teacher": cfg.pseudo_label_teacher,
-            "unlabeled": scored, "scored": len(unlabeled), "pseudo_labels": len(pseudo),
+            "unlabeled": available, "scored": len(unlabeled), "pseudo_labels": len(pseudo),
             "pseudo_label_counts": dict(Counter(ex.labels[0] for ex in pseudo))}
     if not pseudo:
         return {**out, "self_training": info}
@@ -144,7 +143,8 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
 
 
 def pseudo_labels(teacher: dict, subset: list[TextExample], unlabeled: list[TextExample], data: TaskData,
-                  seed: int, cfg: TrainConfig, metric: str, tfidf_cache: dict) -> list[TextExample]:
+                  seed: int, cfg: TrainConfig, metric: str,
+                  tfidf_cache: dict | None = None) -> list[TextExample]:
     """`unlabeled` texts labeled by the teacher (its class probabilities, or their mean with a
     TF-IDF logistic regression's on `subset`): per predicted class the most confident ones, at
     most pseudo_label_share x len(unlabeled) / classes and max_pseudo_labels / classes each (a
@@ -157,8 +157,9 @@ def pseudo_labels(teacher: dict, subset: list[TextExample], unlabeled: list[Text
                                             DataCollatorWithPadding(tok), cfg.mixed_precision), feats)
     probs = torch.stack(logits).softmax(-1)
     if cfg.pseudo_label_teacher == "model+tfidf":
-        fitted = baselines.fit_classifier(subset, data, seed, metric, tfidf_cache)
-        probs = (probs + torch.from_numpy(baselines.probabilities(fitted, unlabeled, len(names))).float()) / 2
+        vec, clf, _, _ = baselines.fit_classifier(subset, data, seed, metric,
+                                                  {} if tfidf_cache is None else tfidf_cache)
+        probs = (probs + torch.from_numpy(baselines.probabilities(vec, clf, unlabeled, len(names))).float()) / 2
     confidence, predicted = probs.max(-1)
     per_class = int(min(cfg.pseudo_label_share * len(unlabeled), cfg.max_pseudo_labels) / len(names))
     chosen: list[int] = []

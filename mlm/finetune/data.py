@@ -545,9 +545,9 @@ def load_task(cfg: DataConfig, base: Path | None = None) -> TaskData:
     labels = _label_set(cfg, whole_file, {"validation": validation, "test": test}, paths)
     unlabeled = []
     if cfg.unlabeled_file:
-        if cfg.task != "classification":
-            raise UserError("--unlabeled_file is for self-training, which classification tasks do; "
-                            "drop it for NER")
+        if cfg.task != "classification" or cfg.multi_label:
+            raise UserError("--unlabeled_file is for self-training, which classification with one "
+                            "label per text does; drop it for NER and multi-label tasks")
         path = resolve_path(cfg.unlabeled_file, base)
         if not path.is_file():
             raise UserError(f"unlabeled data not found: {path}")

@@ -116,7 +116,7 @@ def load_checked(task: TaskConfig, models: list[str], cfg: FinetuneConfig) -> Ta
     for m in [m for m in models if is_folder_spec(m)]:
         name = f"model '{m}'"
         check_positions(read_model_config(check_model_folder(m), name), length, flag, name)
-    if task.data.unlabeled_file and (not t.self_training or data.multi_label):
+    if task.data.unlabeled_file and not t.self_training:
         raise UserError("--unlabeled_file is read only for self-training, which needs "
                         "--self_training and one label per text")
     if kind == "classification" and t.self_training and not data.multi_label \
@@ -175,10 +175,11 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
         else:
             label = None if cfg.run.quiet else f"{model_label(spec)} n={size} seed={seed}"
             if kind == "classification":
+                self_trains = training[spec].self_training and not data.multi_label
                 out = classification.run(spec, first, subset, data, seed, training[spec], metric,
                                          progress=label, cache=encoded,
-                                         unlabeled=unlabeled_texts(data, orders[seed][size:]),
-                                         tfidf_cache=cache)
+                                         unlabeled=unlabeled_texts(data, orders[seed][size:])
+                                         if self_trains else None, tfidf_cache=cache)
             else:
                 out = ner.run(spec, first, subset, data, seed, training[spec], metric, progress=label,
                               cache=encoded)

@@ -149,6 +149,8 @@ def test_unlabeled_file_mistakes_are_refused(tmp_path, bbc_csv):
     bad.write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
     with pytest.raises(UserError, match="latin1.txt:2: not UTF-8"):
         load_task(DataConfig(**base, unlabeled_file=str(bad)))
+    with pytest.raises(UserError, match="drop it for NER and multi-label tasks"):
+        load_task(DataConfig(**base, unlabeled_file=str(empty), multi_label=True, label_delimiter="|"))
     pairs = DataConfig(**base, unlabeled_file=str(empty), text_pair_column="label")
     with pytest.raises(UserError, match="sentence-pair task"):
         load_task(pairs)
