@@ -38,6 +38,8 @@ from mlm.recipe import load_recipe  # noqa: E402
 
 # (family, sequence length, per-device batch): 32k tokens per step at either length.
 RUNS = [("bert", 128, 256), ("modernbert", 128, 256), ("bert", 512, 64), ("modernbert", 512, 64)]
+MODEL_OPTIONS = {"attn_implementation"}
+PACKING_OPTIONS = {"document_attention"}
 
 
 def matmul_peak(n: int = 8192, reps: int = 10) -> float:
@@ -57,13 +59,17 @@ def steady_rate(run_dir: Path, skip: int) -> float:
 
 
 def pretrain_run(tmp: Path, cache: Path | None, family: str, seq: int, batch: int, steps: int,
-                 peak: float, size: str = "base", **training) -> dict:
-    name = f"{family}-{seq}-" + "-".join(f"{k}{v}" for k, v in training.items())
+                 peak: float, size: str = "base", **options) -> dict:
+    """One run; `options` are training settings, or model / packing ones where named so."""
+    name = f"{family}-{seq}-" + "-".join(f"{k}{v}" for k, v in options.items())
+    model = {k: options.pop(k) for k in list(options) if k in MODEL_OPTIONS}
+    packing = {k: options.pop(k) for k in list(options) if k in PACKING_OPTIONS}
+    training = options
     recipe = demo_recipe(
         tmp, name, steps, cache,
-        packing={"max_seq_length": seq},
+        packing={"max_seq_length": seq, **packing},
         model={"model_family": family, "model_size": size,
-               "classifier_pooling": "cls" if family == "bert" else "mean"},
+               "classifier_pooling": "cls" if family == "bert" else "mean", **model},
         training={"per_device_train_batch_size": batch, "mixed_precision": "bf16",
                   "learning_rate": 2e-4, "logging_steps": 20, "max_eval_blocks": 64,
                   "save_minutes": None, **training})
@@ -79,7 +85,9 @@ def pretrain_run(tmp: Path, cache: Path | None, family: str, seq: int, batch: in
     config = AutoConfig.from_pretrained(str(out))
     tps = steady_rate(out, skip=min(60, steps // 3))
     fpt = flops_per_token(config, seq, summary["mlm_probability"])
-    return {"family": family, "size": size, "seq": seq, "batch": batch, "options": training, "tokens_s": tps,
+    return {"family": family, "size": size, "seq": seq, "batch": batch,
+            "options": {**model, **packing, **training}, "tokens_s": tps,
+            "attention": summary["attn_implementation"],
             "mfu": fpt * tps / peak, "gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
             "wall_s": wall, "val_loss": summary["final_val_loss"], "dir": out}
 
@@ -111,7 +119,10 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200, help="pretraining steps per run")
     parser.add_argument("--ablations", action="store_true",
-                        help="also BERT-base at 128 without DataLoader workers and compiled")
+                        help="also BERT-base at 128 without DataLoader workers and compiled, "
+                             "ModernBERT-base at 128 compiled, and ModernBERT-base at 512 with "
+                             "document attention through SDPA and through auto (flash-attn's "
+                             "varlen kernel when installed)")
     parser.add_argument("--no-results", action="store_true", help="do not touch bench/RESULTS.md")
     parser.add_argument("--smoke", action="store_true",
                         help="the same code on the CPU with tiny models (a test of the script)")
@@ -136,12 +147,18 @@ def main() -> int:
             batch = runs[0][2]
             plan += [("bert", 128, batch, {"dataloader_num_workers": 0}),
                      ("bert", 128, batch, {"torch_compile": True}),
-                     ("modernbert", 128, batch, {"torch_compile": True})]
+                     ("modernbert", 128, batch, {"torch_compile": True}),
+                     # document-aware attention: a 4-D mask through SDPA, against flash-attn's
+                     # varlen kernel on the unpadded batch (what `auto` picks when installed)
+                     ("modernbert", 512, runs[3][2], {"document_attention": True,
+                                                      "attn_implementation": "sdpa"}),
+                     ("modernbert", 512, runs[3][2], {"document_attention": True})]
         for family, seq, batch, options in plan:
             row = pretrain_run(tmp, cache, family, seq, batch, args.steps, peak, size, **options)
             cache = cache or row["dir"] / "cache"
             rows.append(row)
-            print(f"  {family:<10} seq {seq:<3} batch {batch:<3} {options or ''} "
+            print(f"  {family:<10} seq {seq:<3} batch {batch:<3} {row['attention']:<17} "
+                  f"{row['options'] or ''} "
                   f"{row['tokens_s']:>10,.0f} tokens/s  MFU {100 * row['mfu']:5.1f}%  "
                   f"{row['gib']:.1f} GiB  ({row['wall_s']:.0f} s)", flush=True)
         ft = finetune_on_gpu(rows[0]["dir"], tmp, device)
@@ -150,11 +167,12 @@ def main() -> int:
     table = [f"\n### GPU check: {name}, {datetime.date.today()} (torch {torch.__version__})\n",
              f"bf16 matmul peak measured: {peak / 1e12:.3g} TFLOP/s. {args.steps} steps per run, "
              "rate over the steps after the first third (warm-up and compilation left out).\n",
-             "| model | seq | batch | options | tokens/s | MFU | peak GiB |",
-             "|---|---:|---:|---|---:|---:|---:|"]
+             "| model | seq | batch | attention | options | tokens/s | MFU | peak GiB |",
+             "|---|---:|---:|---|---|---:|---:|---:|"]
     for r in rows:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "defaults"
-        table.append(f"| {r['family']}-{r['size']} | {r['seq']} | {r['batch']} | {opts} | "
+        table.append(f"| {r['family']}-{r['size']} | {r['seq']} | {r['batch']} | "
+                     f"{r['attention']} | {opts} | "
                      f"{r['tokens_s']:,.0f} | {100 * r['mfu']:.1f}% | {r['gib']:.1f} |")
     table.append(f"\nFine-tuning (BBC topics, 100 labels, 1 seed, 3 epochs) ran on "
                  f"{ft['device']}: accuracy {ft['accuracy']:.3f} in {ft['seconds']:.0f} s.\n")

@@ -216,7 +216,8 @@ class PackingConfig:
     padded, attention_mask 0); a document longer than a block is split across blocks."""
     document_attention: bool = False
     """Document-aware attention: a token attends only to tokens of its own document inside a
-    packed block (block-diagonal 4-D mask from the blocks' document_ids)."""
+    packed block (block-diagonal 4-D mask from the blocks' document_ids; with flash_attention_2,
+    one varlen segment per document instead, no mask)."""
 
 
 @dataclass
@@ -271,11 +272,13 @@ class ModelConfig:
     classifier_pooling: Literal["cls", "mean"] = "mean"
     """ModernBERT only: the pooling its sequence-classification head will use when fine-tuned
     (saved in config.json; mean pooling suits encoders pretrained on a small budget)."""
-    attn_implementation: Literal["auto", "sdpa", "eager"] = "auto"
-    """Attention kernel while pretraining (the saved model is the same). auto: eager (plain
-    matmul + softmax) on CPU at max_seq_length <= 128, where torch's fused CPU attention is slow
-    to backpropagate (demo recipe: 1.3x the tokens/s, bench/RESULTS.md); SDPA
-    otherwise."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """Attention kernel while pretraining (the saved model is the same). auto: flash_attention_2
+    on a CUDA GPU when the flash-attn package is installed; eager (plain matmul + softmax) on
+    CPU at max_seq_length <= 128, where torch's fused CPU attention is slow to backpropagate
+    (demo recipe: 1.3x the tokens/s, bench/RESULTS.md); SDPA otherwise. With
+    flash_attention_2 a batch of packed blocks runs unpadded, as one sequence cut at block (and,
+    with document_attention, document) boundaries: flash-attn's varlen kernel."""
     sparse_prediction: bool = True
     """Run the prediction head only on the selected tokens (the saved model is unchanged)."""
     objective: Literal["mlm", "rtd"] = "mlm"
@@ -298,11 +301,26 @@ class ModelConfig:
     discriminator_weight: float = bounded(50.0, 0, None, above=True)
     """rtd: weight of the replaced-token loss against the generator's masked-LM loss (ELECTRA: 50)."""
 
+    def check(self) -> None:
+        if self.attn_implementation == "flash_attention_2" and not flash_attention_available():
+            raise UserError("model.attn_implementation (--attn_implementation) = "
+                            "flash_attention_2 needs a CUDA GPU and the flash-attn package, "
+                            "which this machine lacks: allowed auto, sdpa or eager")
+
     def attention_for(self, device_type: str, max_seq_length: int) -> str:
         """The attention implementation `auto` stands for on this device and length."""
         if self.attn_implementation != "auto":
             return self.attn_implementation
+        if device_type == "cuda" and flash_attention_available():
+            return "flash_attention_2"
         return "eager" if device_type == "cpu" and max_seq_length <= 128 else "sdpa"
+
+
+def flash_attention_available() -> bool:
+    """Whether flash-attn 2 can run here (transformers' own test: the package and CUDA)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
 
 
 @dataclass

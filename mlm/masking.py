@@ -32,6 +32,14 @@ Document-aware attention (`document_attention=True`): when the examples carry `d
 attention mask becomes a 4-D boolean (batch, 1, length, length) block-diagonal mask, so a token
 attends only to tokens of its own document. transformers passes a 4-D mask to the attention
 as is; it is meant for the SDPA attention our models are built with.
+
+Unpadded batches for flash-attention (`varlen=True`): the batch is also described as one
+sequence of batch x length tokens cut into segments: `cu_seq_lens` (int32 offsets where a
+segment starts, then the total), `max_length` (the longest segment, a Python int, so the
+device never has to report it) and `position_ids` (each token's position in its block). A
+segment is a block row, or with document attention a document of a row; a row's padding is a
+segment of its own, which no real token attends to. flash-attn's varlen kernel then needs no
+mask at all (mlm.objective passes these instead of `attention_mask`).
 """
 from __future__ import annotations
 
@@ -114,7 +122,8 @@ class MaskingCollator:
     `input_ids`, `attention_mask`, `labels` (-100 where not predicted) and, with
     `return_masked_positions`, `masked_positions`: the flat indices of the selected tokens; with
     `replacement_uniforms`, also one uniform in [0, 1) per selected token, from which
-    replaced-token detection samples its replacements (mlm.objective).
+    replaced-token detection samples its replacements (mlm.objective); with `varlen`, the
+    flash-attention segments of the flattened batch (module docstring).
     """
 
     def __init__(self, tokenizer, strategy: str = "token", mlm_probability: float = 0.15,
@@ -122,7 +131,8 @@ class MaskingCollator:
                  seed: int = 0, return_masked_positions: bool = False,
                  span_geometric_p: float = 0.2, span_max_words: int = 10,
                  rank: int | None = None, worker: int | None = None,
-                 document_attention: bool = False, replacement_uniforms: bool = False):
+                 document_attention: bool = False, replacement_uniforms: bool = False,
+                 varlen: bool = False):
         if strategy not in STRATEGIES:
             raise UserError(f"masking_strategy must be one of {', '.join(STRATEGIES)}, "
                             f"got {strategy!r}")
@@ -147,6 +157,7 @@ class MaskingCollator:
         self.return_masked_positions = return_masked_positions or replacement_uniforms
         self.replacement_uniforms = replacement_uniforms
         self.document_attention = document_attention
+        self.varlen = varlen
         self.mask_id = tokenizer.mask_token_id
         self.pad_id = tokenizer.pad_token_id
         others = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.bos_token_id,
@@ -291,6 +302,22 @@ class MaskingCollator:
         same |= torch.eye(doc.shape[1], dtype=torch.bool)
         return same[:, None]
 
+    def varlen_segments(self, examples: list[dict], present: torch.Tensor) -> dict:
+        """`cu_seq_lens`, `max_length` and `position_ids` of the batch flattened to one
+        sequence (see the module docstring)."""
+        B, L = present.shape
+        if self.document_attention and all("document_ids" in e for e in examples):
+            lengths = [len(e["input_ids"]) for e in examples]
+            segment = self._stack(examples, "document_ids", lengths, -1, torch.long)
+            segment = torch.where(present, segment, -1)
+        else:
+            segment = present.long() - 1  # 0 on tokens, -1 on padding
+        starts = torch.ones(B, L, dtype=torch.bool)
+        starts[:, 1:] = segment[:, 1:] != segment[:, :-1]
+        cu = torch.cat([torch.nonzero(starts.view(-1)).squeeze(1), torch.tensor([B * L])])
+        return {"cu_seq_lens": cu.to(torch.int32), "max_length": int((cu[1:] - cu[:-1]).max()),
+                "position_ids": torch.arange(L).repeat(B, 1)}
+
     def __call__(self, examples: list[dict]) -> dict:
         # Batch-sized tensors gain nothing from intra-op threads, and on a busy machine every
         # OpenMP parallel region can cost milliseconds: mask on one thread, then restore.
@@ -328,7 +355,9 @@ class MaskingCollator:
             out.view(-1).index_copy_(0, where, self.normal_ids.index_select(0, pick))
         labels = torch.where(selected, ids, -100)
         batch = {"input_ids": out, "attention_mask": present.long(), "labels": labels}
-        if self.document_attention and all("document_ids" in e for e in examples):
+        if self.varlen:
+            batch.update(self.varlen_segments(examples, present))
+        elif self.document_attention and all("document_ids" in e for e in examples):
             batch["attention_mask"] = self.document_mask(examples, present)
         if self.return_masked_positions:
             batch["masked_positions"] = torch.nonzero(selected.view(-1)).squeeze(1)

@@ -78,6 +78,35 @@ def _names_of(module: torch.nn.Module, param: torch.nn.Parameter) -> list[str]:
     return [n for n, p in module.named_parameters(remove_duplicate=False) if p is param]
 
 
+VARLEN_ATTENTION = frozenset({"flash_attention_2"})
+"""Attention implementations that take a batch unpadded, as one sequence cut into segments
+(flash-attn's varlen kernel), instead of a mask."""
+
+
+def uses_varlen(objective: torch.nn.Module) -> bool:
+    """Whether the objective's models run varlen attention, so the collator must describe each
+    batch's segments (mlm.masking, `varlen`)."""
+    return all(m.config._attn_implementation in VARLEN_ATTENTION for m in objective.models())
+
+
+def attention_inputs(attention_mask: torch.Tensor, cu_seq_lens: torch.Tensor | None = None,
+                     max_length: int | None = None,
+                     position_ids: torch.Tensor | None = None) -> dict:
+    """The encoder's attention arguments for a batch: its mask, or for varlen attention the
+    segments of the batch flattened to one row (the token inputs then go through `as_one_row`;
+    no mask, so no padding to unpad at every layer)."""
+    if cu_seq_lens is None:
+        return {"attention_mask": attention_mask}
+    return {"position_ids": position_ids.reshape(1, -1),
+            "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
+            "max_length_q": max_length, "max_length_k": max_length}
+
+
+def as_one_row(x: torch.Tensor, varlen: bool) -> torch.Tensor:
+    """(batch, length, ...) as one row (1, batch x length, ...) for varlen attention."""
+    return x.reshape(1, -1, *x.shape[2:]) if varlen else x
+
+
 class MaskedLMObjective(torch.nn.Module):
     """Masked language modeling around a `*ForMaskedLM`: mean cross-entropy on selected tokens.
 
@@ -111,12 +140,15 @@ class MaskedLMObjective(torch.nn.Module):
                  if isinstance(m, torch.nn.ModuleList) and len(m)]
         return [type(max(lists, key=len)[0]).__name__] if lists else []
 
-    def forward(self, input_ids, attention_mask, labels, masked_positions=None, **_) -> dict:
+    def forward(self, input_ids, attention_mask, labels, masked_positions=None,
+                cu_seq_lens=None, max_length=None, position_ids=None, **_) -> dict:
+        varlen = cu_seq_lens is not None
+        attention = attention_inputs(attention_mask, cu_seq_lens, max_length, position_ids)
         if not self.sparse:
-            return {"loss": self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                       labels=labels).loss}
-        hidden = self.model.base_model(input_ids=input_ids,
-                                       attention_mask=attention_mask).last_hidden_state
+            return {"loss": self.model(input_ids=as_one_row(input_ids, varlen), **attention,
+                                       labels=as_one_row(labels, varlen)).loss}
+        hidden = self.model.base_model(input_ids=as_one_row(input_ids, varlen),
+                                       **attention).last_hidden_state
         flat_labels = labels.reshape(-1)
         if masked_positions is None:
             masked_positions = torch.nonzero(flat_labels != -100).squeeze(1)
@@ -194,13 +226,16 @@ class ReplacedTokenDetection(torch.nn.Module):
         self.pad_id = discriminator.config.pad_token_id
 
     def forward(self, input_ids, attention_mask, labels, masked_positions,
-                replacement_uniforms, **_) -> dict:
+                replacement_uniforms, cu_seq_lens=None, max_length=None, position_ids=None,
+                **_) -> dict:
+        varlen = cu_seq_lens is not None
+        attention = attention_inputs(attention_mask, cu_seq_lens, max_length, position_ids)
         shared = self.shared if self.shared is not None else self.model.get_input_embeddings()
         embeds = shared(input_ids)
         if self.projection is not None:
             embeds = self.projection(embeds)
-        hidden = self.generator.base_model(inputs_embeds=embeds,
-                                           attention_mask=attention_mask).last_hidden_state
+        hidden = self.generator.base_model(inputs_embeds=as_one_row(embeds, varlen),
+                                           **attention).last_hidden_state
         targets = labels.reshape(-1).index_select(0, masked_positions)
         out = self.transform(hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions))
         if self.projection is not None:
@@ -217,11 +252,12 @@ class ReplacedTokenDetection(torch.nn.Module):
         replaced = torch.zeros(flat.shape, device=flat.device).index_copy(
             0, masked_positions, (sampled != targets).float()).view_as(input_ids)
         if self.shared is None:
-            scores = self.model(input_ids=corrupted, attention_mask=attention_mask).logits
+            scores = self.model(input_ids=as_one_row(corrupted, varlen), **attention).logits
         else:  # the shared matrix without its gradient, plus the encoder's residual
             embeds = F.embedding(corrupted, shared.weight.detach()) + \
                 self.model.get_input_embeddings()(corrupted)
-            scores = self.model(inputs_embeds=embeds, attention_mask=attention_mask).logits
+            scores = self.model(inputs_embeds=as_one_row(embeds, varlen), **attention).logits
+        scores = scores.reshape(*input_ids.shape, -1)
         present = attention_mask.bool() if attention_mask.dim() == 2 else input_ids != self.pad_id
         discriminator_loss = F.binary_cross_entropy_with_logits(
             scores.squeeze(-1).float()[present], replaced[present])
@@ -288,6 +324,11 @@ def build_objective(recipe: Recipe, tokenizer, device_type: str) -> torch.nn.Mod
                                            cfg.embedding_sharing)
     else:
         objective = MaskedLMObjective(model, sparse=cfg.sparse_prediction)
+    attention = cfg.attention_for(device_type, seq)
+    if attention in VARLEN_ATTENTION and device_type != "cuda":
+        raise UserError(f"model.attn_implementation (--attn_implementation) = {attention} runs "
+                        f"on a CUDA GPU only, and this run trains on {device_type}: allowed "
+                        "auto, sdpa or eager")
     for part in objective.models():
-        part.set_attn_implementation(cfg.attention_for(device_type, seq))
+        part.set_attn_implementation(attention)
     return objective

@@ -26,6 +26,7 @@ from accelerate.utils import (
     DistributedType,
     FullyShardedDataParallelPlugin,
     broadcast_object_list,
+    send_to_device,
     set_seed,
 )
 from datasets import Dataset
@@ -46,7 +47,7 @@ from mlm.modeling import (
     param_groups,
     quiet_transformers,
 )
-from mlm.objective import build_objective
+from mlm.objective import build_objective, uses_varlen
 from mlm.packing import load_blocks, prepare_blocks
 from mlm.recipe import corpus_fingerprint, fingerprint, resolve_path
 from mlm.report import CARD_MARKER, plot_loss_curve
@@ -106,10 +107,12 @@ def prepare_data(recipe: Recipe, accelerator: Accelerator | None = None):
 
 
 def masking_collator(recipe: Recipe, tokenizer, seed: int, mlm_probability: float,
-                     replace: tuple[float, float] = (0.8, 0.1)) -> MaskingCollator:
-    """The recipe's masking collator. The step set on it is the global batch index, already
-    distinct across ranks and workers; leaving them out of the seed keeps the masks
-    independent of the number of processes."""
+                     replace: tuple[float, float] = (0.8, 0.1),
+                     varlen: bool = False) -> MaskingCollator:
+    """The recipe's masking collator (`varlen`: batches described for flash-attention's varlen
+    kernel). The step set on it is the global batch index, already distinct across ranks and
+    workers; leaving them out of the seed keeps the masks independent of the number of
+    processes."""
     m = recipe.masking
     return MaskingCollator(
         tokenizer, strategy=m.masking_strategy, mlm_probability=mlm_probability,
@@ -117,7 +120,7 @@ def masking_collator(recipe: Recipe, tokenizer, seed: int, mlm_probability: floa
         return_masked_positions=recipe.model.sparse_prediction,
         replacement_uniforms=recipe.model.objective == "rtd",
         span_geometric_p=m.span_geometric_p, span_max_words=m.span_max_words,
-        document_attention=recipe.packing.document_attention, rank=0, worker=0)
+        document_attention=recipe.packing.document_attention, rank=0, worker=0, varlen=varlen)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,9 +153,11 @@ class Run:
         _check_launch_settings(a, t)
         set_seed(t.seed)
         self.tokenizer, train_blocks, val_blocks, self.stats = prepare_data(recipe, a)
-        self.engine = Engine(recipe, a, build_objective(recipe, self.tokenizer, a.device.type))
-        self.validate = Validator(recipe, self.tokenizer, val_blocks, a)
-        self.stream = TrainStream(recipe, self.tokenizer, train_blocks, a)
+        objective = build_objective(recipe, self.tokenizer, a.device.type)
+        varlen = uses_varlen(objective)  # flash-attn: unpadded batches (before any wrapping)
+        self.engine = Engine(recipe, a, objective)
+        self.validate = Validator(recipe, self.tokenizer, val_blocks, a, varlen)
+        self.stream = TrainStream(recipe, self.tokenizer, train_blocks, a, varlen)
         self.checkpoints = Checkpointer(recipe, a, self.engine, self.tokenizer)
         self.progress, initial = self.checkpoints.restore(resume_from)
         self.engine.skipped += self.progress.nonfinite_total  # counted over the whole run
@@ -265,7 +270,7 @@ class Engine:
         """Forward and backward on one batch, and the update when an accumulation is complete
         (the learning rate laid over `fraction` of the budget). Returns whether it updated."""
         a = self.accelerator
-        batch = {k: v.to(a.device, non_blocking=True) for k, v in batch.items()}
+        batch = send_to_device(batch, a.device, non_blocking=True)
         with a.accumulate(self.objective):
             if a.sync_gradients:
                 self._set_lr(fraction)  # before backward: DeepSpeed's update happens there
@@ -342,7 +347,8 @@ class TrainStream:
     """The training batches: a seeded order resumable by index, masked as they are loaded,
     with the masking rate following its schedule (`mlm_probability` → `mlm_probability_end`)."""
 
-    def __init__(self, recipe: Recipe, tokenizer, blocks: Dataset, accelerator: Accelerator):
+    def __init__(self, recipe: Recipe, tokenizer, blocks: Dataset, accelerator: Accelerator,
+                 varlen: bool = False):
         t, m = recipe.training, recipe.masking
         self.training, self.masking, self.accelerator = t, m, accelerator
         self.rows = IndexedBlocks(blocks.with_format("torch", columns=block_columns(recipe)))
@@ -357,7 +363,7 @@ class TrainStream:
         self.tokens_per_update = self.batch_size * recipe.packing.max_seq_length * self.per_update
         replace = (m.mask_replace_prob, m.random_replace_prob)
         self.collate = SeededCollate(masking_collator(recipe, tokenizer, t.seed,
-                                                      m.mlm_probability, replace))
+                                                      m.mlm_probability, replace, varlen))
 
     def loader(self, progress: Progress) -> DataLoader:
         """One DataLoader for the rest of the run, from where `progress` stands."""
@@ -384,10 +390,12 @@ class Validator:
     are accumulated, never logits, so memory stays flat. The perplexity is that of the
     objective's masked-LM part (the generator's, for replaced-token detection)."""
 
-    def __init__(self, recipe: Recipe, tokenizer, blocks: Dataset, accelerator: Accelerator):
+    def __init__(self, recipe: Recipe, tokenizer, blocks: Dataset, accelerator: Accelerator,
+                 varlen: bool = False):
         t = recipe.training
         self.accelerator = accelerator
-        collator = masking_collator(recipe, tokenizer, 12345, recipe.masking.eval_mlm_probability)
+        collator = masking_collator(recipe, tokenizer, 12345, recipe.masking.eval_mlm_probability,
+                                    varlen=varlen)
         rows = blocks.select(range(min(len(blocks), t.max_eval_blocks)))
         rows = rows.with_format("torch", columns=block_columns(recipe))
         self.batches = []
@@ -411,7 +419,7 @@ class Validator:
         total = torch.zeros(len(names) + 1, device=a.device)
         mine = self.batches if sharded else self.batches[a.process_index::a.num_processes]
         for batch in mine:
-            batch = {k: v.to(a.device) for k, v in batch.items()}
+            batch = send_to_device(batch, a.device, non_blocking=True)
             with a.autocast():
                 parts = objective(**batch)
             n = (batch["labels"] != -100).sum().float()
@@ -1053,6 +1061,7 @@ def _write_summary(run: Run, objective) -> None:
         "hardware": _hardware(a),
         "distributed_type": a.distributed_type.value,  # NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
         "mixed_precision": run.precision,
+        "attn_implementation": model.config._attn_implementation,  # what `auto` chose
         "initial_val_loss": run.first_val,
         "final_val_loss": run.last_val,
         # of the masked-LM part (the generator's, for replaced-token detection): last logged

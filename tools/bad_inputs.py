@@ -112,6 +112,8 @@ def cases(f: dict[str, Path], tmp: Path) -> list[tuple[str, list[str]]]:
         ("masking rate above 1", [*train, "--mlm_probability", "1.5"]),
         ("block length 0", [*train, "--max_seq_length", "0"]),
         ("choice not offered", [*train, "--mixed_precision", "fp8"]),
+        ("flash-attention without flash-attn or a GPU",
+         [*train, "--attn_implementation", "flash_attention_2"]),
         ("--resume with no checkpoint", [*train, "--resume"]),
         ("extend_vocab_words without a tokenizer", [*train, "--extend_vocab_words", "100"]),
         ("near-duplicate threshold above 1", [*corpus, "--dedup_threshold", "2"]),
