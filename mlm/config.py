@@ -274,7 +274,8 @@ class ModelConfig:
     (saved in config.json; mean pooling suits encoders pretrained on a small budget)."""
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     """Attention kernel while pretraining (the saved model is the same). auto: flash_attention_2
-    on a CUDA GPU when the flash-attn package is installed; eager (plain matmul + softmax) on
+    on a CUDA GPU (compute capability 8.0+) with the flash-attn package and bf16 or fp16
+    autocast; eager (plain matmul + softmax) on
     CPU at max_seq_length <= 128, where torch's fused CPU attention is slow to backpropagate
     (demo recipe: 1.3x the tokens/s, bench/RESULTS.md); SDPA otherwise. With
     flash_attention_2 a batch of packed blocks runs unpadded, as one sequence cut at block (and,
@@ -301,26 +302,32 @@ class ModelConfig:
     discriminator_weight: float = bounded(50.0, 0, None, above=True)
     """rtd: weight of the replaced-token loss against the generator's masked-LM loss (ELECTRA: 50)."""
 
-    def check(self) -> None:
-        if self.attn_implementation == "flash_attention_2" and not flash_attention_available():
-            raise UserError("model.attn_implementation (--attn_implementation) = "
-                            "flash_attention_2 needs a CUDA GPU and the flash-attn package, "
-                            "which this machine lacks: allowed auto, sdpa or eager")
-
-    def attention_for(self, device_type: str, max_seq_length: int) -> str:
-        """The attention implementation `auto` stands for on this device and length."""
+    def attention_for(self, device_type: str, max_seq_length: int, precision: str) -> str:
+        """The attention implementation of a run on this device, length and autocast
+        precision (`auto` decided); refuses flash_attention_2 where it cannot run."""
+        flash = device_type == "cuda" and precision in ("bf16", "fp16") and \
+            flash_attention_available()
+        if self.attn_implementation == "flash_attention_2" and not flash:
+            raise UserError(
+                "model.attn_implementation (--attn_implementation) = flash_attention_2 needs a "
+                "CUDA GPU of compute capability 8.0 or more, the flash-attn package and "
+                f"mixed_precision bf16 or fp16; this run has {device_type}, precision "
+                f"{precision}{'' if flash_attention_available() else ', no flash-attn'}: "
+                "allowed auto, sdpa or eager")
         if self.attn_implementation != "auto":
             return self.attn_implementation
-        if device_type == "cuda" and flash_attention_available():
+        if flash:
             return "flash_attention_2"
         return "eager" if device_type == "cpu" and max_seq_length <= 128 else "sdpa"
 
 
 def flash_attention_available() -> bool:
-    """Whether flash-attn 2 can run here (transformers' own test: the package and CUDA)."""
+    """Whether flash-attn 2 can run here: the package, and a CUDA GPU of compute capability
+    8.0 or more (Ampere and later; flash-attn 2 refuses older ones)."""
+    import torch
     from transformers.utils import is_flash_attn_2_available
 
-    return is_flash_attn_2_available()
+    return is_flash_attn_2_available() and torch.cuda.get_device_capability() >= (8, 0)
 
 
 @dataclass

@@ -89,13 +89,23 @@ def uses_varlen(objective: torch.nn.Module) -> bool:
     return all(m.config._attn_implementation in VARLEN_ATTENTION for m in objective.models())
 
 
-def attention_inputs(attention_mask: torch.Tensor, cu_seq_lens: torch.Tensor | None = None,
-                     max_length: int | None = None,
+def attention_inputs(config, attention_mask: torch.Tensor,
+                     cu_seq_lens: torch.Tensor | None = None, max_length: int | None = None,
                      position_ids: torch.Tensor | None = None) -> dict:
-    """The encoder's attention arguments for a batch: its mask, or for varlen attention the
-    segments of the batch flattened to one row (the token inputs then go through `as_one_row`;
-    no mask, so no padding to unpad at every layer)."""
+    """The attention arguments of a model with `config` for a batch: its mask, or for varlen
+    attention the segments of the batch flattened to one row (the token inputs then go through
+    `as_one_row`; no mask, so no padding to unpad at every layer).
+
+    A 4-D (document-aware) mask reaches every layer as it is, so ModernBERT's local layers would
+    see whole documents: they get it narrowed to their window (|i - j| <= sliding_window, what
+    transformers builds from a 2-D mask and what flash-attn's varlen window does)."""
     if cu_seq_lens is None:
+        if attention_mask.dim() == 4 and "sliding_attention" in \
+                (getattr(config, "layer_types", None) or ()):
+            i = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+            band = (i[:, None] - i[None, :]).abs() <= config.sliding_window
+            return {"attention_mask": {"full_attention": attention_mask,
+                                       "sliding_attention": attention_mask & band}}
         return {"attention_mask": attention_mask}
     return {"position_ids": position_ids.reshape(1, -1),
             "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
@@ -143,7 +153,8 @@ class MaskedLMObjective(torch.nn.Module):
     def forward(self, input_ids, attention_mask, labels, masked_positions=None,
                 cu_seq_lens=None, max_length=None, position_ids=None, **_) -> dict:
         varlen = cu_seq_lens is not None
-        attention = attention_inputs(attention_mask, cu_seq_lens, max_length, position_ids)
+        attention = attention_inputs(self.model.config, attention_mask, cu_seq_lens, max_length,
+                                     position_ids)
         if not self.sparse:
             return {"loss": self.model(input_ids=as_one_row(input_ids, varlen), **attention,
                                        labels=as_one_row(labels, varlen)).loss}
@@ -229,13 +240,14 @@ class ReplacedTokenDetection(torch.nn.Module):
                 replacement_uniforms, cu_seq_lens=None, max_length=None, position_ids=None,
                 **_) -> dict:
         varlen = cu_seq_lens is not None
-        attention = attention_inputs(attention_mask, cu_seq_lens, max_length, position_ids)
+        segments = (cu_seq_lens, max_length, position_ids)
         shared = self.shared if self.shared is not None else self.model.get_input_embeddings()
         embeds = shared(input_ids)
         if self.projection is not None:
             embeds = self.projection(embeds)
-        hidden = self.generator.base_model(inputs_embeds=as_one_row(embeds, varlen),
-                                           **attention).last_hidden_state
+        hidden = self.generator.base_model(
+            inputs_embeds=as_one_row(embeds, varlen),
+            **attention_inputs(self.generator.config, attention_mask, *segments)).last_hidden_state
         targets = labels.reshape(-1).index_select(0, masked_positions)
         out = self.transform(hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions))
         if self.projection is not None:
@@ -251,6 +263,7 @@ class ReplacedTokenDetection(torch.nn.Module):
         corrupted = flat.index_copy(0, masked_positions, sampled).view_as(input_ids)
         replaced = torch.zeros(flat.shape, device=flat.device).index_copy(
             0, masked_positions, (sampled != targets).float()).view_as(input_ids)
+        attention = attention_inputs(self.model.config, attention_mask, *segments)
         if self.shared is None:
             scores = self.model(input_ids=as_one_row(corrupted, varlen), **attention).logits
         else:  # the shared matrix without its gradient, plus the encoder's residual
@@ -305,9 +318,10 @@ class ReplacedTokenDetection(torch.nn.Module):
         tokenizer.save_pretrained(str(Path(folder) / "generator"))
 
 
-def build_objective(recipe: Recipe, tokenizer, device_type: str) -> torch.nn.Module:
-    """The recipe's encoder inside its training objective. A checkpoint continued with an
-    extended vocabulary is loaded with its own tokenizer, then grown to the new one."""
+def build_objective(recipe: Recipe, tokenizer, attention: str) -> torch.nn.Module:
+    """The recipe's encoder inside its training objective, its models on the `attention`
+    implementation (`ModelConfig.attention_for`). A checkpoint continued with an extended
+    vocabulary is loaded with its own tokenizer, then grown to the new one."""
     cfg, seq = recipe.model, recipe.packing.max_seq_length
     auto, extra = (AutoModelForTokenClassification, RTD_LABELS) if cfg.objective == "rtd" \
         else (AutoModelForMaskedLM, {})
@@ -324,11 +338,7 @@ def build_objective(recipe: Recipe, tokenizer, device_type: str) -> torch.nn.Mod
                                            cfg.embedding_sharing)
     else:
         objective = MaskedLMObjective(model, sparse=cfg.sparse_prediction)
-    attention = cfg.attention_for(device_type, seq)
-    if attention in VARLEN_ATTENTION and device_type != "cuda":
-        raise UserError(f"model.attn_implementation (--attn_implementation) = {attention} runs "
-                        f"on a CUDA GPU only, and this run trains on {device_type}: allowed "
-                        "auto, sdpa or eager")
-    for part in objective.models():
-        part.set_attn_implementation(attention)
+    with quiet_transformers():  # flash-attn's "model not on the GPU yet" advice: it will be
+        for part in objective.models():
+            part.set_attn_implementation(attention)
     return objective

@@ -151,9 +151,11 @@ class Run:
             # gloo) when told it runs on CPU; otherwise each process would train alone.
             cpu=device_type == "cpu")
         _check_launch_settings(a, t)
+        attention = recipe.model.attention_for(a.device.type, recipe.packing.max_seq_length,
+                                               self.precision)  # refused here, before any work
         set_seed(t.seed)
         self.tokenizer, train_blocks, val_blocks, self.stats = prepare_data(recipe, a)
-        objective = build_objective(recipe, self.tokenizer, a.device.type)
+        objective = build_objective(recipe, self.tokenizer, attention)
         varlen = uses_varlen(objective)  # flash-attn: unpadded batches (before any wrapping)
         self.engine = Engine(recipe, a, objective)
         self.validate = Validator(recipe, self.tokenizer, val_blocks, a, varlen)

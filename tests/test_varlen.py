@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from transformers import AttentionInterface, AutoModelForMaskedLM, AutoModelForTokenClassification
+from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
-from mlm.config import ModelConfig, TokenizerConfig, check_ranges
+from mlm.config import ModelConfig, TokenizerConfig
 from mlm.errors import UserError
 from mlm.masking import MaskingCollator
 from mlm.modeling import build_model
@@ -34,20 +35,27 @@ COLUMNS = ["input_ids", "word_start", "special_tokens_mask", "attention_mask", "
 def reference_varlen(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                      sliding_window=None, cu_seq_lens_q=None, cu_seq_lens_k=None,
                      max_length_q=None, **_):
-    """What flash-attn's varlen kernel computes, on CPU: each segment attends to itself only."""
+    """What flash-attn's varlen kernel computes, on CPU: each segment attends to itself only,
+    within the window transformers gives flash-attn (window_size = sliding_window - 1 each
+    side)."""
     assert attention_mask is None, "varlen attention must get no mask"
     assert cu_seq_lens_q is not None and torch.equal(cu_seq_lens_q, cu_seq_lens_k)
     assert query.shape[0] == 1 and int(cu_seq_lens_q[-1]) == query.shape[2]
-    assert sliding_window is None or max_length_q <= sliding_window  # no window to apply here
+    assert isinstance(max_length_q, int)
     out = torch.empty_like(query)
     bounds = cu_seq_lens_q.tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
+        band = None
+        if sliding_window is not None:
+            i = torch.arange(b - a)
+            band = (i[:, None] - i[None, :]).abs() <= sliding_window - 1
         out[:, :, a:b] = F.scaled_dot_product_attention(
-            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], scale=scaling)
+            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], attn_mask=band, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(REFERENCE, reference_varlen)
+AttentionMaskInterface.register(REFERENCE, flash_attention_mask)  # transformers' own, for flash
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +109,12 @@ def test_segments_of_a_flattened_batch(tokenizer):
 
 def _mlm(tokenizer, family: str, sparse: bool) -> MaskedLMObjective:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(model_family=family, model_size="tiny"), tokenizer, 64)
+    # ModernBERT's local layers with a window of +-8 tokens, shorter than the documents, so
+    # that a window applied wrongly on either path shows
+    window = {"local_attention": 16} if family == "modernbert" else {}
+    model = build_model(ModelConfig(model_family=family, model_size="tiny"), tokenizer, 64,
+                        **window)
+    assert family != "modernbert" or "sliding_attention" in model.config.layer_types
     return MaskedLMObjective(model, sparse=sparse).eval()
 
 
@@ -162,9 +175,14 @@ def test_replaced_token_detection_takes_varlen_batches(tokenizer, examples):
         assert torch.allclose(got[name], want[name], atol=1e-5), name
 
 
-def test_flash_attention_refused_where_it_cannot_run():
-    """Asking for flash_attention_2 on a machine without CUDA and flash-attn is refused up
-    front, naming the setting and what is allowed."""
-    with pytest.raises(UserError, match=r"--attn_implementation.*allowed auto, sdpa or eager"):
-        check_ranges(ModelConfig(attn_implementation="flash_attention_2"), "model")
-    assert ModelConfig().attention_for("cuda", 128) == "sdpa"  # auto: no flash-attn here
+def test_flash_attention_only_where_it_can_run():
+    """flash_attention_2 asked for on a CPU, or without half-precision autocast (flash-attn
+    computes in bf16/fp16 only), is refused naming the setting and what is allowed; `auto`
+    then takes SDPA (eager on CPU at short lengths)."""
+    flash = ModelConfig(attn_implementation="flash_attention_2")
+    for device, precision in (("cpu", "bf16"), ("cuda", "no")):
+        with pytest.raises(UserError, match=r"--attn_implementation.*allowed auto, sdpa or eager"):
+            flash.attention_for(device, 128, precision)
+    assert ModelConfig().attention_for("cuda", 128, "no") == "sdpa"
+    assert ModelConfig().attention_for("cpu", 128, "bf16") == "eager"
+    assert ModelConfig().attention_for("cpu", 512, "bf16") == "sdpa"
