@@ -126,20 +126,25 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
     available = len(unlabeled)
     if available > SCORED_PER_PSEUDO_LABEL * cfg.max_pseudo_labels:  # a seeded sample of a huge pool
         unlabeled = random.Random(seed).sample(unlabeled, SCORED_PER_PSEUDO_LABEL * cfg.max_pseudo_labels)
-    pseudo = pseudo_labels(out, subset, unlabeled, data, seed, cfg, metric, tfidf_cache)
     teacher = {"validation": out["validation"], "test": out["test"], "best_epoch": out["fit"].best_epoch,
                "steps": out["fit"].steps, "seconds": round(out["fit"].seconds, 2)}
-    info = {"teacher": teacher, "pseudo_label_teacher": cfg.pseudo_label_teacher,
-            "unlabeled": available, "scored": len(unlabeled), "pseudo_labels": len(pseudo),
-            "pseudo_label_counts": dict(Counter(ex.labels[0] for ex in pseudo))}
-    if not pseudo:
-        return {**out, "self_training": info}
-    out.clear()  # the teacher's weights go before the student's are loaded
-    epochs = max(1.0, STUDENT_UPDATES * cfg.num_train_epochs * len(subset) / (len(subset) + len(pseudo)))
-    student = train(spec, first_folder, subset + pseudo, data, seed,
+    info: dict = {"teacher": teacher, "pseudo_label_teacher": cfg.pseudo_label_teacher,
+                  "unlabeled": available, "scored": len(unlabeled), "rounds": []}
+    for r in range(cfg.self_training_rounds):
+        pseudo = pseudo_labels(out, subset, unlabeled, data, seed, cfg, metric, tfidf_cache)
+        info.update(pseudo_labels=len(pseudo),
+                    pseudo_label_counts=dict(Counter(ex.labels[0] for ex in pseudo)))
+        if not pseudo:
+            break
+        out.clear()  # the teacher's weights go before the student's are loaded
+        epochs = max(1.0, STUDENT_UPDATES * cfg.num_train_epochs * len(subset) / (len(subset) + len(pseudo)))
+        out = train(spec, first_folder, subset + pseudo, data, seed,
                     dataclasses.replace(cfg, num_train_epochs=epochs), metric,
-                    progress and f"{progress} student", cache)
-    return {**student, "self_training": {**info, "student_epochs": round(epochs, 3)}}
+                    progress and f"{progress} student" + (f" {r + 1}" if r else ""), cache)
+        info["student_epochs"] = round(epochs, 3)
+        info["rounds"].append({"pseudo_labels": len(pseudo), "validation": out["validation"],
+                               "test": out["test"]})
+    return {**out, "self_training": info}
 
 
 def pseudo_labels(teacher: dict, subset: list[TextExample], unlabeled: list[TextExample], data: TaskData,

@@ -60,6 +60,24 @@ def test_the_student_learns_from_the_teachers_most_confident_labels(tiny_model, 
     assert len(out["predictions"]) == len(bbc.test)
 
 
+def test_a_second_round_starts_from_the_first_rounds_student(tiny_model, bbc):
+    """self_training_rounds 2: the first round is the one-round run (same student, same
+    scores), the second trains another student, which is the one returned; the teacher's
+    scores stay those of the model without self-training."""
+    order = sorted(range(len(bbc.train)), key=lambda i: (i % 16, i))
+    labeled = [bbc.train[i] for i in order[:9]]
+    unlabeled = [dataclasses.replace(bbc.train[i], labels=[]) for i in order[9:]]
+    runs = [run_classification(str(tiny_model), tiny_model, labeled, bbc, 0,
+                               _config(self_training_rounds=n), "macro_f1", unlabeled=unlabeled,
+                               tfidf_cache={}) for n in (1, 2)]
+    one, two = (r["self_training"] for r in runs)
+    assert len(one["rounds"]) == 1 and len(two["rounds"]) == 2
+    assert two["teacher"]["test"] == one["teacher"]["test"] and two["rounds"][0] == one["rounds"][0]
+    assert runs[0]["test"] == one["rounds"][0]["test"]
+    assert runs[1]["test"] == two["rounds"][1]["test"]
+    assert runs[1]["fit"].steps > 0 and len(runs[1]["predictions"]) == len(bbc.test)
+
+
 def test_pseudo_labels_are_balanced_and_the_most_confident_of_each_class(tiny_model, bbc):
     """The model+tfidf teacher on 9 labeled articles: per predicted class at most share x N / C
     texts, taken in order of confidence; their agreement with the hidden true topics is far above
