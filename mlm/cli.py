@@ -54,3 +54,11 @@ def finetune_main(argv: list[str] | None = None) -> int:
     from mlm.finetune.cli import main
 
     return main(argv)
+
+
+if __name__ == "__main__":  # `python -m mlm.cli ...` is `python -m mlm ...`
+    import sys
+
+    from mlm.__main__ import main
+
+    sys.exit(main())

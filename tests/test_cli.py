@@ -97,3 +97,21 @@ def test_corpus_cli_refuses_bad_numbers(tmp_path, args, expected):
     assert expected in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_python_dash_m_mlm_dispatches_to_the_commands():
+    """`python -m mlm` (and `python -m mlm.cli`) lists the commands; a command gets its own
+    flags and its own one-line refusals; an unknown one is refused with the allowed names."""
+    def m(*args):
+        return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+
+    bare = m("mlm")
+    assert bare.returncode == 2 and "finetune" in bare.stdout and "corpus" in bare.stdout
+    assert m("mlm.cli", "--help").returncode == 0
+    assert "--per_device_train_batch_size" in m("mlm", "train", "--help").stdout
+    bad = m("mlm", "train", "--learning_rate", "-1")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--learning_rate" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    unknown = m("mlm", "pretrain")
+    assert unknown.returncode == 2 and "allowed train, finetune" in unknown.stderr
