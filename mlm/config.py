@@ -305,14 +305,14 @@ class ModelConfig:
     def attention_for(self, device_type: str, max_seq_length: int, precision: str) -> str:
         """The attention implementation of a run on this device, length and autocast
         precision (`auto` decided); refuses flash_attention_2 where it cannot run."""
-        flash = device_type == "cuda" and precision in ("bf16", "fp16") and \
-            flash_attention_available()
+        available = flash_attention_available()
+        flash = available and device_type == "cuda" and precision in ("bf16", "fp16")
         if self.attn_implementation == "flash_attention_2" and not flash:
             raise UserError(
                 "model.attn_implementation (--attn_implementation) = flash_attention_2 needs a "
                 "CUDA GPU of compute capability 8.0 or more, the flash-attn package and "
                 f"mixed_precision bf16 or fp16; this run has {device_type}, precision "
-                f"{precision}{'' if flash_attention_available() else ', no flash-attn'}: "
+                f"{precision}{'' if available else ', no flash-attn'}: "
                 "allowed auto, sdpa or eager")
         if self.attn_implementation != "auto":
             return self.attn_implementation

@@ -292,12 +292,16 @@ class MaskingCollator:
         chosen[:, 1:].scatter_(1, order, take & (lens > 0))
         return maskable & chosen.gather(1, unit), unit, W
 
+    def _document_ids(self, examples: list[dict]) -> torch.Tensor:
+        """(batch, length) document index of each token in its block, -1 past a row's end."""
+        lengths = [len(e["input_ids"]) for e in examples]
+        return self._stack(examples, "document_ids", lengths, -1, torch.long)
+
     def document_mask(self, examples: list[dict], present: torch.Tensor) -> torch.Tensor:
         """(batch, 1, length, length) boolean mask: query i sees key j when both belong to the
         same document and j is not padding. Every token also sees itself, so that no row is
         empty (a fully masked row would give NaN in SDPA)."""
-        lengths = [len(e["input_ids"]) for e in examples]
-        doc = self._stack(examples, "document_ids", lengths, -1, torch.long)
+        doc = self._document_ids(examples)
         same = (doc[:, :, None] == doc[:, None, :]) & present[:, None, :]
         same |= torch.eye(doc.shape[1], dtype=torch.bool)
         return same[:, None]
@@ -307,9 +311,7 @@ class MaskingCollator:
         sequence (see the module docstring)."""
         B, L = present.shape
         if self.document_attention and all("document_ids" in e for e in examples):
-            lengths = [len(e["input_ids"]) for e in examples]
-            segment = self._stack(examples, "document_ids", lengths, -1, torch.long)
-            segment = torch.where(present, segment, -1)
+            segment = torch.where(present, self._document_ids(examples), -1)
         else:
             segment = present.long() - 1  # 0 on tokens, -1 on padding
         starts = torch.ones(B, L, dtype=torch.bool)

@@ -18,6 +18,7 @@ encoder (`.model`: the one fine-tuning starts from).
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -102,14 +103,21 @@ def attention_inputs(config, attention_mask: torch.Tensor,
     if cu_seq_lens is None:
         if attention_mask.dim() == 4 and "sliding_attention" in \
                 (getattr(config, "layer_types", None) or ()):
-            i = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
-            band = (i[:, None] - i[None, :]).abs() <= config.sliding_window
+            band = _window_band(attention_mask.shape[-1], config.sliding_window,
+                                attention_mask.device)
             return {"attention_mask": {"full_attention": attention_mask,
                                        "sliding_attention": attention_mask & band}}
         return {"attention_mask": attention_mask}
     return {"position_ids": position_ids.reshape(1, -1),
             "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
             "max_length_q": max_length, "max_length_k": max_length}
+
+
+@functools.lru_cache(maxsize=8)
+def _window_band(length: int, window: int, device: torch.device) -> torch.Tensor:
+    """(length, length) boolean: |i - j| <= window (made once per length, not every step)."""
+    i = torch.arange(length, device=device)
+    return (i[:, None] - i[None, :]).abs() <= window
 
 
 def as_one_row(x: torch.Tensor, varlen: bool) -> torch.Tensor:

@@ -45,20 +45,24 @@ def _predict(clf, x, n_labels: int, multi_label: bool):
 
 
 def fit_classifier(subset: list[TextExample], data: TaskData, seed: int, metric: str, cache: dict):
-    """TF-IDF features (fitted once per task on the whole unlabeled pool, kept in `cache`) and the
-    logistic regression on `subset` whose C scores best on validation: (vectorizer, classifier,
-    C, validation scores)."""
+    """TF-IDF features (fitted once per task on the whole unlabeled pool, kept in `cache` with the
+    validation set's features) and the logistic regression on `subset` whose C scores best on
+    validation: (vectorizer, classifier, C, validation scores). The last fit is kept too: the
+    baseline and a self-training teacher of the same run (and each of its rounds) ask for it."""
     if "tfidf" not in cache:
         texts = [joined_text(ex) for ex in data.train]
         vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=100_000,
                               analyzer="char" if _mostly_cjk(texts) else "word")
         vec.fit(texts)
         cache["tfidf"] = vec
-    vec = cache["tfidf"]
+        cache["x_val"] = vec.transform([joined_text(ex) for ex in data.validation])
+    key = (seed, metric, tuple((joined_text(ex), tuple(ex.labels)) for ex in subset))
+    if cache.get("fit", (None,))[0] == key:
+        return cache["fit"][1]
+    vec, x_val = cache["tfidf"], cache["x_val"]
     names, ml = data.label_names, data.multi_label
     x_train = vec.transform([joined_text(ex) for ex in subset])
     y_train = _targets(subset, names, ml)
-    x_val = vec.transform([joined_text(ex) for ex in data.validation])
     y_val = _targets(data.validation, names, ml).tolist()
     best = None
     for c in C_GRID:
@@ -71,6 +75,7 @@ def fit_classifier(subset: list[TextExample], data: TaskData, seed: int, metric:
         if best is None or val[metric] > best[0][metric]:
             best = (val, clf, c)
     val, clf, c = best
+    cache["fit"] = (key, (vec, clf, c, val))
     return vec, clf, c, val
 
 
