@@ -170,8 +170,9 @@ def recommendation_lines(section: dict, kinds: dict) -> list[str]:
 
 
 def self_training_lines(section: dict) -> list[str]:
-    """Per model and size that self-trained: the student's main metric against its teacher's
-    (the same run's model before pseudo-labels), paired over seeds, and the pseudo-labels used."""
+    """Per model and size that self-trained: the main metric of the model kept (the student, or
+    its teacher where the student scored lower on validation) against the teacher's (the same
+    run's model before pseudo-labels), paired over seeds, and the pseudo-labels used."""
     metric, runs = section["metric"], {}
     for r in section.get("runs", []):
         st = r.get("self_training")
@@ -184,8 +185,11 @@ def self_training_lines(section: dict) -> list[str]:
         d = paired_difference(student, teacher)
         gap = f"{d['mean']:+.3f}" + (f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d["n"] > 1 else "")
         pseudo = sum(r["self_training"]["pseudo_labels"] for r in rows) / len(rows)
+        back = sum(r["self_training"].get("kept") == "teacher" for r in rows)
+        which = f"reported above; the teacher in {back} of {len(rows)} runs, whose student scored " \
+            "lower on validation" if back else "student, reported above"
         lines.append(f"self-training, {model} n={size}: {metric} {sum(teacher) / len(teacher):.3f} "
-                     f"(teacher) -> {sum(student) / len(student):.3f} (student, reported above), "
+                     f"(teacher) -> {sum(student) / len(student):.3f} ({which}), "
                      f"{gap} paired over {d['n']} seeds; {pseudo:,.0f} pseudo-labeled texts per run "
                      f"({rows[0]['self_training']['pseudo_label_teacher']} teacher)")
     return lines

@@ -40,7 +40,8 @@ def test_overlap_is_not_a_win_and_says_what_would_separate():
 
 def test_self_training_line_pairs_each_student_with_its_teacher():
     """The report line sets each run's student against the teacher of the same run (the model
-    before pseudo-labels), paired over seeds; runs without pseudo-labels are left out."""
+    before pseudo-labels), paired over seeds; runs without pseudo-labels are left out; runs that
+    returned their teacher are counted."""
     from mlm.report import self_training_lines
 
     def run(seed, student, teacher, pseudo=100):
@@ -56,5 +57,11 @@ def test_self_training_line_pairs_each_student_with_its_teacher():
     [line] = self_training_lines(s)
     assert line.startswith("self-training, runs/a n=100: accuracy 0.650 (teacher) -> 0.700 (student")
     assert "+0.050 [" in line and "paired over 3 seeds; 167 pseudo-labeled texts per run" in line
+    # under --self_training_keep better a run may return its teacher: the line says how often
+    s["runs"][1]["self_training"]["kept"] = "teacher"
+    s["runs"][1]["test"]["accuracy"] = 0.76
+    [line] = self_training_lines(s)
+    assert "-> 0.687 (reported above; the teacher in 1 of 3 runs, whose student scored lower on " \
+        "validation), +0.037 [" in line
     del s["runs"]
     assert self_training_lines(s) == []

@@ -116,8 +116,10 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
         unlabeled: list[TextExample] | None = None, tfidf_cache: dict | None = None) -> dict:
     """Fine-tune `spec` on `subset`, pick the best epoch on validation, score the test set; with
     `cfg.self_training` and `unlabeled` texts (single-label tasks), that model is the teacher of
-    a student trained on `subset` and the teacher's most confident pseudo-labels, and the
-    student is returned, with the teacher's scores under "self_training".
+    a student trained on `subset` and the teacher's most confident pseudo-labels; the student is
+    returned (under self_training_keep "better" only if its validation score is at least the
+    teacher's, else the teacher), with the teacher's scores and which was kept under
+    "self_training".
     `cache`: one per task, to encode its validation and test sets once per tokenizer;
     `tfidf_cache`: the TF-IDF baseline's, for the model+tfidf teacher."""
     out = train(spec, first_folder, subset, data, seed, cfg, metric, progress, cache)
@@ -129,21 +131,32 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
     teacher = {"validation": out["validation"], "test": out["test"], "best_epoch": out["fit"].best_epoch,
                "steps": out["fit"].steps, "seconds": round(out["fit"].seconds, 2)}
     info: dict = {"teacher": teacher, "pseudo_label_teacher": cfg.pseudo_label_teacher,
-                  "unlabeled": available, "scored": len(unlabeled), "rounds": []}
+                  "unlabeled": available, "scored": len(unlabeled), "rounds": [], "kept": "teacher"}
     for r in range(cfg.self_training_rounds):
         pseudo = pseudo_labels(out, subset, unlabeled, data, seed, cfg, metric, tfidf_cache)
         info.update(pseudo_labels=len(pseudo),
                     pseudo_label_counts=dict(Counter(ex.labels[0] for ex in pseudo)))
         if not pseudo:
             break
-        out.clear()  # the teacher's weights go before the student's are loaded
+        # The teacher's weights wait on the CPU (the student takes its place on the device) in
+        # case the student scores below it on validation.
+        previous = {k: v.detach().to("cpu", copy=True) for k, v in out["model"].state_dict().items()} \
+            if cfg.self_training_keep == "better" else None
+        kept = {k: v for k, v in out.items() if k != "model"}
+        out.clear()
         epochs = max(1.0, STUDENT_UPDATES * cfg.num_train_epochs * len(subset) / (len(subset) + len(pseudo)))
-        out = train(spec, first_folder, subset + pseudo, data, seed,
-                    dataclasses.replace(cfg, num_train_epochs=epochs), metric,
-                    progress and f"{progress} student" + (f" {r + 1}" if r else ""), cache)
+        student = train(spec, first_folder, subset + pseudo, data, seed,
+                        dataclasses.replace(cfg, num_train_epochs=epochs), metric,
+                        progress and f"{progress} student" + (f" {r + 1}" if r else ""), cache)
         info["student_epochs"] = round(epochs, 3)
-        info["rounds"].append({"pseudo_labels": len(pseudo), "validation": out["validation"],
-                               "test": out["test"]})
+        info["rounds"].append({"pseudo_labels": len(pseudo), "validation": student["validation"],
+                               "test": student["test"]})
+        if previous is not None and student["validation"][metric] < kept["validation"][metric]:
+            student["model"].load_state_dict(previous)  # same architecture and labels
+            out = {**kept, "model": student["model"], "tokenizer": student["tokenizer"]}
+            break
+        out = student
+        info["kept"] = "student" if r == 0 else f"student {r + 1}"
     return {**out, "self_training": info}
 
 

@@ -169,6 +169,12 @@ class TrainConfig:
     """Rounds of self-training: from the second on, the previous round's student is the
     teacher that labels the unlabeled texts again (with TF-IDF under model+tfidf), and a fresh
     student learns from its labels. Each round costs one more fine-tuning run."""
+    self_training_keep: Literal["student", "better"] = "student"
+    """Which model self-training returns (scored, saved, pushed). student: the last student.
+    better: the student only if its validation score on the task's metric is at least its
+    teacher's, else the teacher (later rounds stop at the first student that does not improve).
+    On the suite, better cost 0.001-0.012 macro-F1 (a small validation set often prefers the
+    teacher when the student is better on test; bench/RESULTS.md, "validation guard")."""
     setfit_num_iterations: int = bounded(20, 1, None)
     """SetFit (`--model setfit`): contrastive pairs drawn per labeled text and per side (similar /
     dissimilar), i.e. 2 x this x the train size pairs, one epoch over them."""

@@ -197,8 +197,8 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
         runs.append((index, row))
         where = f" [process {rank}]" if world > 1 else ""
         st = out.get("self_training")
-        teacher = f", teacher {st['teacher']['test'][metric]:.4f} + {st['pseudo_labels']} pseudo-labels" \
-            if st else ""
+        teacher = f", teacher {st['teacher']['test'][metric]:.4f} + {st['pseudo_labels']} pseudo-labels, " \
+            f"kept {st['kept']}" if st else ""
         log(f"  {model_label(spec):<24} n={size:<5} seed={seed}  test {metric}="
             f"{out['test'][metric]:.4f}  (val {out['validation'][metric]:.4f}{teacher}, "
             f"{row['seconds']:.0f}s){where}")

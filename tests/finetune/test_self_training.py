@@ -43,7 +43,7 @@ def test_the_student_learns_from_the_teachers_most_confident_labels(tiny_model, 
     alone = run_classification(str(tiny_model), tiny_model, labeled, bbc, 0, _config(self_training=False),
                                "macro_f1", unlabeled=unlabeled)
     assert "self_training" not in alone
-    cfg = _config(pseudo_label_share=0.5)
+    cfg = _config(pseudo_label_share=0.5, self_training_keep="student")
     out = run_classification(str(tiny_model), tiny_model, labeled, bbc, 0, cfg, "macro_f1",
                              unlabeled=unlabeled, tfidf_cache={})
     st = out["self_training"]
@@ -68,7 +68,8 @@ def test_a_second_round_starts_from_the_first_rounds_student(tiny_model, bbc):
     labeled = [bbc.train[i] for i in order[:9]]
     unlabeled = [dataclasses.replace(bbc.train[i], labels=[]) for i in order[9:]]
     runs = [run_classification(str(tiny_model), tiny_model, labeled, bbc, 0,
-                               _config(self_training_rounds=n), "macro_f1", unlabeled=unlabeled,
+                               _config(self_training_rounds=n, self_training_keep="student"), "macro_f1",
+                               unlabeled=unlabeled,
                                tfidf_cache={}) for n in (1, 2)]
     one, two = (r["self_training"] for r in runs)
     assert len(one["rounds"]) == 1 and len(two["rounds"]) == 2
@@ -76,6 +77,43 @@ def test_a_second_round_starts_from_the_first_rounds_student(tiny_model, bbc):
     assert runs[0]["test"] == one["rounds"][0]["test"]
     assert runs[1]["test"] == two["rounds"][1]["test"]
     assert runs[1]["fit"].steps > 0 and len(runs[1]["predictions"]) == len(bbc.test)
+
+
+def test_a_student_below_its_teacher_on_validation_is_not_kept(tiny_model, bbc):
+    """self_training_keep "better": an unlabeled pool of one junk text repeated
+    gets one class from the teacher, the student learns to predict it and scores below the
+    teacher on validation, so the teacher is returned: its scores, its predictions and exactly
+    its weights (those of a run without self-training), with "kept": "teacher". With real
+    articles as the pool the run returns whichever the rule picks, and "student" keeps the
+    student whatever it scores."""
+    import torch
+
+    order = sorted(range(len(bbc.train)), key=lambda i: (i % 16, i))
+    labeled = [bbc.train[i] for i in order[:9]]
+    cfg = _config(num_train_epochs=8, pseudo_label_share=1.0, pseudo_label_teacher="model",
+                  self_training_keep="better")
+    alone = run_classification(str(tiny_model), tiny_model, labeled, bbc, 0,
+                               dataclasses.replace(cfg, self_training=False), "macro_f1")
+    junk = [dataclasses.replace(bbc.train[0], text="zq " * 30, labels=[], where=f"junk:{i}") for i in range(90)]
+    out = run_classification(str(tiny_model), tiny_model, labeled, bbc, 0, cfg, "macro_f1", unlabeled=junk)
+    st = out["self_training"]
+    assert len(st["pseudo_label_counts"]) == 1 and st["pseudo_labels"] == 30
+    assert st["rounds"][0]["validation"]["macro_f1"] < st["teacher"]["validation"]["macro_f1"]
+    assert st["kept"] == "teacher"
+    assert out["test"] == alone["test"] == st["teacher"]["test"] and out["validation"] == alone["validation"]
+    assert out["predictions"] == alone["predictions"] and out["fit"].steps == alone["fit"].steps
+    theirs = alone["model"].state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in out["model"].state_dict().items())
+
+    unlabeled = [dataclasses.replace(bbc.train[i], labels=[]) for i in order[9:]]
+    runs = {keep: run_classification(str(tiny_model), tiny_model, labeled, bbc, 0,
+                                     dataclasses.replace(cfg, self_training_keep=keep), "macro_f1",
+                                     unlabeled=unlabeled) for keep in ("better", "student")}
+    better, student = runs["better"]["self_training"], runs["student"]["self_training"]
+    assert better["rounds"] == student["rounds"] and student["kept"] == "student"
+    wins = better["rounds"][0]["validation"]["macro_f1"] >= better["teacher"]["validation"]["macro_f1"]
+    assert better["kept"] == ("student" if wins else "teacher")
+    assert runs["better"]["test"] == (student["rounds"][0] if wins else better["teacher"])["test"]
 
 
 def test_pseudo_labels_are_balanced_and_the_most_confident_of_each_class(tiny_model, bbc):
