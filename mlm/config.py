@@ -176,8 +176,9 @@ class TokenizerConfig:
     """Algorithm of a newly trained tokenizer."""
     tokenizer_name_or_path: str | None = None
     """Reuse an existing tokenizer folder instead of training one."""
-    vocab_size: int = bounded(16000, 105, None)
-    """Vocabulary size of a newly trained tokenizer."""
+    vocab_size: int = bounded(16000, 105, 1_048_576)
+    """Vocabulary size of a newly trained tokenizer (at most 2^20: the largest vocabularies in use
+    are ~256k, and the trainers allocate memory in proportion before learning anything)."""
     min_frequency: int = bounded(2, 1, None)
     """Minimum count of a merge/piece to enter the vocabulary."""
     lowercase: bool = True
@@ -729,9 +730,16 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, str]) -> Recipe:
         hint = typing.get_type_hints(type(section))[name]
         choices = tuple(map(str, _literal_choices(hint) or ()))
         value: Any = raw
+        if isinstance(raw, str) and not raw.strip():
+            raise UserError(f"--{name} is empty: give it a value, or leave the flag out for the "
+                            "default")
+        # a text setting (a path, a column, a branch) is taken as written: YAML would make
+        # 007 a 7, 1.10 a 1.1 and "on" a boolean
+        textual = all(a is str for a in (
+            [a for a in typing.get_args(hint) if a is not type(None)] or [hint]))
         if isinstance(raw, str) and raw not in choices and raw.lower() in ("none", "null"):
             value = None
-        if value is not None and isinstance(value, str) and value not in choices:
+        if value is not None and isinstance(value, str) and value not in choices and not textual:
             # (a choice is taken as written: YAML would read `--mixed_precision no` as false)
             try:
                 parsed = yaml.safe_load(value)

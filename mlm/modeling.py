@@ -13,8 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForMaskedLM,
     BertConfig,
     ModernBertConfig,
@@ -125,7 +127,39 @@ def read_model_config(path: Path, name: str) -> dict:
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise UserError(f"{name}: no weights in {path} (expected {' or '.join(WEIGHT_FILES)}; "
                         "mlm loads safetensors only)")
+    weights = path / "model.safetensors"
+    if weights.is_file():  # its header only: a damaged or truncated copy fails here, not after work
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"{name}: {weights} is damaged ({one_line(exc)}); copy the model "
+                            "again") from None
+        bad = _shape_mismatches(str(path), json.dumps(config, sort_keys=True), tuple(sorted(shapes.items())))
+        if bad:
+            raise UserError(f"{name}: {weights.name} does not match its config.json: {bad}; the "
+                            "folder mixes two models")
     return config
+
+
+@functools.lru_cache(maxsize=64)
+def _shape_mismatches(folder: str, content: str, shapes: tuple) -> str | None:
+    """The first encoder tensor whose shape in the weights differs from the one config.json
+    implies (the encoder built on the meta device, no memory), or None. `ignore_mismatched_sizes`,
+    which a new task head needs, would otherwise start such tensors afresh without a word."""
+    try:
+        with quiet_transformers(), torch.device("meta"):
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(folder, trust_remote_code=False))
+    except Exception:  # noqa: BLE001 - an architecture we cannot build here: loading will say
+        return None
+    expected = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
+    prefix = f"{encoder.base_model_prefix}."
+    bad = []
+    for key, shape in shapes:
+        own = key[len(prefix):] if key.startswith(prefix) else key
+        if own in expected and expected[own] != shape:
+            bad.append(f"{key} has shape {shape} in the weights but {expected[own]} in the config")
+    return f"{bad[0]} ({len(bad)} tensor(s) differ)" if bad else None
 
 
 def check_positions(config: dict, length: int, setting: str, name: str) -> None:
@@ -201,19 +235,34 @@ def load_checkpoint(path: str | Path, tokenizer=None, auto=AutoModelForMaskedLM,
     what = "a masked-LM" if auto is AutoModelForMaskedLM else "an encoder"
     try:
         with quiet_transformers():  # "newly initialized head" is expected for a new head
-            model = auto.from_pretrained(
+            model, info = auto.from_pretrained(
                 str(path), config=config, use_safetensors=True, trust_remote_code=False,
                 attn_implementation="sdpa", ignore_mismatched_sizes=auto is not AutoModelForMaskedLM,
                 dtype=torch.float32,  # whatever the checkpoint's dtype: trained in float32 + autocast
+                output_loading_info=True,
             )
-    except (ValueError, OSError) as exc:
-        raise UserError(f"{path}: cannot be loaded as {what} model ({exc})") from None
+    except (ValueError, OSError, RuntimeError, SafetensorError) as exc:
+        raise UserError(f"{path}: cannot be loaded as {what} model ({one_line(exc)})") from None
+    check_encoder_loaded(model, info, path)
     if tokenizer is not None and len(tokenizer) != model.get_input_embeddings().num_embeddings:
         raise UserError(
             f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings have "
             f"{model.get_input_embeddings().num_embeddings} rows"
         )
     return model
+
+
+def check_encoder_loaded(model, info: dict, path: str | Path) -> None:
+    """Refuse a checkpoint whose encoder weights do not have the shapes its config.json gives
+    (`ignore_mismatched_sizes`, needed so that a new task head replaces the checkpoint's, would
+    otherwise start those encoder tensors afresh without a word). Only the head may differ."""
+    prefix = "" if model.base_model is model else f"{model.base_model_prefix}."
+    bad = sorted((k, a, b) for k, a, b in info.get("mismatched_keys", ()) if k.startswith(prefix))
+    if bad:
+        key, saved, expected = bad[0]
+        raise UserError(f"{path}: model.safetensors does not match its config.json: {key} has "
+                        f"shape {tuple(saved)} in the weights but {tuple(expected)} in the config "
+                        f"({len(bad)} tensor(s) differ); the folder mixes two models")
 
 
 @contextmanager

@@ -811,6 +811,10 @@ def _resume_point(recipe: Recipe) -> Path | None:
     if diffs:
         raise UserError(f"--resume refused, the recipe differs from the checkpoint's: "
                         f"{'; '.join(diffs)}")
+    step = progress["progress"].get("step")
+    if t.max_steps is not None and isinstance(step, int) and step > t.max_steps:
+        raise UserError(f"--resume: {resume_from} is at step {step}, past --max_steps "
+                        f"{t.max_steps}; raise --max_steps (or leave the finished run as it is)")
     return resume_from
 
 

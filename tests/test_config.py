@@ -85,3 +85,19 @@ def test_no_is_a_choice_not_false(tmp_path):
     assert recipe.training.mixed_precision == "no"
     apply_overrides(recipe, {"max_steps": "none", "normalization": "none"})  # None, and a choice
     assert recipe.training.max_steps is None and recipe.clean.normalization == "none"
+
+
+def test_text_flags_are_taken_as_written_and_empty_values_are_refused():
+    """A path or column such as 007, 1.10 or `on` stays as typed (YAML would read 7, 1.1 and
+    True); an empty value is refused rather than read as "unset"."""
+    recipe = from_dict(Recipe, {"sources": [{"path": "x"}]})
+    apply_overrides(recipe, {"output_dir": "007"})
+    assert recipe.training.output_dir == "007"
+    for raw in ("1.10", "on", "2024-01-01"):
+        apply_overrides(recipe, {"output_dir": raw})
+        assert recipe.training.output_dir == raw
+    apply_overrides(recipe, {"max_steps": "1e3"})  # numbers still parse
+    assert recipe.training.max_steps == 1000
+    for name in ("output_dir", "model_name_or_path", "learning_rate"):
+        with pytest.raises(UserError, match=f"--{name} is empty"):
+            apply_overrides(recipe, {name: " "})

@@ -68,3 +68,30 @@ def test_usable_positions_follow_each_family():
     assert usable_positions({"model_type": "bert", "max_position_embeddings": 512}) == 512
     assert usable_positions({"model_type": "deberta-v2", "max_position_embeddings": 512,
                              "position_biased_input": False}) is None
+
+
+def test_weights_that_do_not_fit_config_json_are_refused(tmp_path):
+    """A folder whose config.json was edited (or copied from another model) no longer fits its
+    model.safetensors: loading it for a new head must not start those encoder tensors afresh in
+    silence; a damaged weights file is refused from its header, before any work."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
+
+    from mlm.errors import UserError
+    from mlm.modeling import load_checkpoint, read_model_config
+
+    config = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64)
+    BertForMaskedLM(config).save_pretrained(tmp_path / "m")
+    # the matching folder loads with a new head (its absence in the checkpoint is expected)
+    load_checkpoint(tmp_path / "m", None, AutoModelForSequenceClassification)
+    config.intermediate_size = 128
+    config.save_pretrained(tmp_path / "m")
+    message = (r"config.json: bert.encoder.layer.0.intermediate.dense.bias has shape \(64,\) in the "
+               r"weights but \(128,\) in the config \(3 ")
+    with pytest.raises(UserError, match=message):  # before any work, from the header
+        read_model_config(tmp_path / "m", "m")
+    with pytest.raises(UserError, match=message):
+        load_checkpoint(tmp_path / "m", None, AutoModelForSequenceClassification)
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(UserError, match="model.safetensors is damaged"):
+        read_model_config(tmp_path / "m", "m")

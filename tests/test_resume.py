@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,14 @@ def test_resume_refuses_changed_recipe(tiny_recipe, tmp_path):
     recipe.training.learning_rate = 1e-4
     with pytest.raises(UserError, match="training.learning_rate"):
         pretrain(recipe)
+    # a budget below the checkpoint's step is refused, and the finished run is left as it was
+    out = Path(recipe.training.output_dir)
+    summary = (out / "run_summary.json").read_bytes()
+    recipe = load_recipe(path)
+    recipe.training.resume, recipe.training.max_steps = True, 2
+    with pytest.raises(UserError, match="at step 4, past --max_steps 2"):
+        pretrain(recipe)
+    assert (out / "run_summary.json").read_bytes() == summary
 
 
 def test_resume_from_an_earlier_checkpoint_drops_the_later_ones(tiny_recipe, tmp_path, capsys):

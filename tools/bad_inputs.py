@@ -88,6 +88,17 @@ def setup(tmp: Path) -> dict[str, Path]:
         (files[name] / "config.json").write_text(json.dumps(config))
     (files["badcfg"] / "model.safetensors").write_bytes(b"")
     (files["foreign"] / "model.safetensors").write_bytes(b"")
+    files["damaged"] = tmp / "damaged"  # a copy cut short, or overwritten with other bytes
+    files["damaged"].mkdir()
+    (files["damaged"] / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (files["damaged"] / "model.safetensors").write_bytes(bytes(range(256)) * 4)
+    files["mixed_model"] = tmp / "mixed_model"  # weights of one size, config.json of another
+    from transformers import BertConfig, BertForMaskedLM
+    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64)
+    BertForMaskedLM(config).save_pretrained(files["mixed_model"])
+    config.intermediate_size = 128
+    config.save_pretrained(files["mixed_model"])
     files["ckpt"] = tmp / "ckpt"  # a checkpoint copied half-way: progress but no recipe, no model
     (files["ckpt"] / "training_state").mkdir(parents=True)
     (files["ckpt"] / "training_state" / "progress.json").write_text('{"progress": {"step": 1}}')
@@ -159,6 +170,12 @@ def cases(f: dict[str, Path], tmp: Path) -> list[tuple[str, list[str]]]:
                                               "runs/nothing", "--train_file", str(f["good"])]),
         ("model config transformers refuses", [sys.executable, "finetune.py", "--model",
                                                str(f["badcfg"]), "--train_file", str(f["good"])]),
+        ("damaged model.safetensors", [sys.executable, "finetune.py", "--model", str(f["damaged"]),
+                                       "--train_file", str(f["good"])]),
+        ("weights that do not fit config.json", [sys.executable, "finetune.py", "--model",
+                                                 str(f["mixed_model"]), "--train_file", str(f["good"])]),
+        ("vocabulary too large", [*train, "--vocab_size", "1e9"]),
+        ("a flag given an empty value", [*fine, "--train_file", str(f["good"]), "--output_dir", ""]),
         ("continued pretraining from a folder without weights",
          [*train, "--model_name_or_path", str(f["noweights"])]),
         ("CSV quote never closed", [*fine, "--train_file", str(f["quote"])]),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
@@ -26,9 +27,9 @@ from transformers import (
 )
 
 from mlm.cpus import resolve_precision
-from mlm.errors import UserError
+from mlm.errors import UserError, one_line
 from mlm.finetune.config import DEMO_MODEL, TrainConfig
-from mlm.modeling import param_groups, quiet_transformers, read_model_config
+from mlm.modeling import check_encoder_loaded, param_groups, quiet_transformers, read_model_config
 from mlm.tokenizer import load_tokenizer
 
 RANDOM_INIT = "random-init"
@@ -118,10 +119,11 @@ def load_model(spec: str, first_folder: Path, task: str, label_names: list[str],
             if spec == RANDOM_INIT:
                 model = auto.from_config(config, dtype=torch.float32)
             else:
-                model = auto.from_pretrained(str(folder), config=config, dtype=torch.float32,
-                                             ignore_mismatched_sizes=True)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"model '{spec}': cannot be loaded for {task} ({exc})") from None
+                model, info = auto.from_pretrained(str(folder), config=config, dtype=torch.float32,
+                                                   ignore_mismatched_sizes=True, output_loading_info=True)
+                check_encoder_loaded(model, info, folder)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise UserError(f"model '{spec}': cannot be loaded for {task} ({one_line(exc)})") from None
     return model.to(device if device is not None else run_device()), load_tokenizer(folder, masked_lm=False)
 
 
