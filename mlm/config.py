@@ -717,9 +717,13 @@ def _literal_choices(tp: Any) -> tuple | None:
     return None
 
 
+def _non_none(tp: Any) -> list:
+    """The types a hint allows besides None (`str | None` -> [str]; `int` -> [int])."""
+    return [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+
+
 def _metavar(tp: Any) -> str:
-    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
-    return "|".join(_type_name(a).upper() for a in args)
+    return "|".join(_type_name(a).upper() for a in _non_none(tp))
 
 
 def apply_overrides(recipe: Recipe, overrides: dict[str, str]) -> Recipe:
@@ -735,8 +739,7 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, str]) -> Recipe:
                             "default")
         # a text setting (a path, a column, a branch) is taken as written: YAML would make
         # 007 a 7, 1.10 a 1.1 and "on" a boolean
-        textual = all(a is str for a in (
-            [a for a in typing.get_args(hint) if a is not type(None)] or [hint]))
+        textual = all(a is str for a in _non_none(hint))
         if isinstance(raw, str) and raw not in choices and raw.lower() in ("none", "null"):
             value = None
         if value is not None and isinstance(value, str) and value not in choices and not textual:

@@ -121,32 +121,50 @@ def read_model_config(path: Path, name: str) -> dict:
     if not isinstance(config, dict) or not config.get("model_type"):
         raise UserError(f"{name}: {path / 'config.json'} is not a transformers configuration "
                         "(no model_type)")
-    reason = _transformers_refusal(str(path), json.dumps(config, sort_keys=True))
+    content = json.dumps(config, sort_keys=True)
+    reason = _transformers_refusal(str(path), content)
     if reason:
         raise UserError(f"{name}: transformers cannot read {path / 'config.json'} ({reason})")
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise UserError(f"{name}: no weights in {path} (expected {' or '.join(WEIGHT_FILES)}; "
                         "mlm loads safetensors only)")
-    weights = path / "model.safetensors"
-    if weights.is_file():  # its header only: a damaged or truncated copy fails here, not after work
+    shapes = _weight_shapes(path, name)
+    bad = _shape_mismatches(str(path), content, tuple(sorted(shapes.items())))
+    if bad:
+        raise UserError(f"{name}: the weights in {path} do not match its config.json: {bad}; the "
+                        "folder mixes two models")
+    return config
+
+
+def _weight_shapes(path: Path, name: str) -> dict[str, tuple]:
+    """Every tensor's shape, read from the safetensors headers alone (the file, or each shard
+    of the index): a damaged or truncated copy is refused here, before any work."""
+    index = path / "model.safetensors.index.json"
+    if (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    else:
+        try:
+            files = sorted({path / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{name}: {index} is damaged ({one_line(exc)}); copy the model "
+                            "again") from None
+    shapes: dict[str, tuple] = {}
+    for weights in files:
         try:
             with safe_open(str(weights), framework="pt") as f:
-                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                shapes.update((k, tuple(f.get_slice(k).get_shape())) for k in f.keys())
         except (SafetensorError, OSError) as exc:
             raise UserError(f"{name}: {weights} is damaged ({one_line(exc)}); copy the model "
                             "again") from None
-        bad = _shape_mismatches(str(path), json.dumps(config, sort_keys=True), tuple(sorted(shapes.items())))
-        if bad:
-            raise UserError(f"{name}: {weights.name} does not match its config.json: {bad}; the "
-                            "folder mixes two models")
-    return config
+    return shapes
 
 
 @functools.lru_cache(maxsize=64)
 def _shape_mismatches(folder: str, content: str, shapes: tuple) -> str | None:
     """The first encoder tensor whose shape in the weights differs from the one config.json
-    implies (the encoder built on the meta device, no memory), or None. `ignore_mismatched_sizes`,
-    which a new task head needs, would otherwise start such tensors afresh without a word."""
+    implies (the encoder built on the meta device, no memory), or None. Checked before loading
+    because `ignore_mismatched_sizes`, which a new task head needs, would start such tensors
+    afresh without a word, and transformers' own report of them comes only after the work."""
     try:
         with quiet_transformers(), torch.device("meta"):
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(folder, trust_remote_code=False))
@@ -235,34 +253,19 @@ def load_checkpoint(path: str | Path, tokenizer=None, auto=AutoModelForMaskedLM,
     what = "a masked-LM" if auto is AutoModelForMaskedLM else "an encoder"
     try:
         with quiet_transformers():  # "newly initialized head" is expected for a new head
-            model, info = auto.from_pretrained(
+            model = auto.from_pretrained(
                 str(path), config=config, use_safetensors=True, trust_remote_code=False,
                 attn_implementation="sdpa", ignore_mismatched_sizes=auto is not AutoModelForMaskedLM,
                 dtype=torch.float32,  # whatever the checkpoint's dtype: trained in float32 + autocast
-                output_loading_info=True,
             )
     except (ValueError, OSError, RuntimeError, SafetensorError) as exc:
         raise UserError(f"{path}: cannot be loaded as {what} model ({one_line(exc)})") from None
-    check_encoder_loaded(model, info, path)
     if tokenizer is not None and len(tokenizer) != model.get_input_embeddings().num_embeddings:
         raise UserError(
             f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings have "
             f"{model.get_input_embeddings().num_embeddings} rows"
         )
     return model
-
-
-def check_encoder_loaded(model, info: dict, path: str | Path) -> None:
-    """Refuse a checkpoint whose encoder weights do not have the shapes its config.json gives
-    (`ignore_mismatched_sizes`, needed so that a new task head replaces the checkpoint's, would
-    otherwise start those encoder tensors afresh without a word). Only the head may differ."""
-    prefix = "" if model.base_model is model else f"{model.base_model_prefix}."
-    bad = sorted((k, a, b) for k, a, b in info.get("mismatched_keys", ()) if k.startswith(prefix))
-    if bad:
-        key, saved, expected = bad[0]
-        raise UserError(f"{path}: model.safetensors does not match its config.json: {key} has "
-                        f"shape {tuple(saved)} in the weights but {tuple(expected)} in the config "
-                        f"({len(bad)} tensor(s) differ); the folder mixes two models")
 
 
 @contextmanager

@@ -95,3 +95,14 @@ def test_weights_that_do_not_fit_config_json_are_refused(tmp_path):
     (tmp_path / "m" / "model.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(UserError, match="model.safetensors is damaged"):
         read_model_config(tmp_path / "m", "m")
+    # the same checks reach every shard of a sharded checkpoint
+    BertForMaskedLM(BertConfig(**{**config.to_dict(), "intermediate_size": 64})).save_pretrained(
+        tmp_path / "s", max_shard_size="20KB")
+    assert len(list((tmp_path / "s").glob("model-*.safetensors"))) > 1
+    read_model_config(tmp_path / "s", "s")
+    config.save_pretrained(tmp_path / "s")
+    with pytest.raises(UserError, match=message):
+        read_model_config(tmp_path / "s", "s")
+    min((tmp_path / "s").glob("model-*.safetensors")).write_bytes(b"")
+    with pytest.raises(UserError, match=r"model-00001-of-\d+.safetensors is damaged"):
+        read_model_config(tmp_path / "s", "s")

@@ -142,7 +142,7 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
         # case the student scores below it on validation.
         previous = {k: v.detach().to("cpu", copy=True) for k, v in out["model"].state_dict().items()} \
             if cfg.self_training_keep == "better" else None
-        kept = {k: v for k, v in out.items() if k != "model"}
+        teacher_out = {k: v for k, v in out.items() if k != "model"}
         out.clear()
         epochs = max(1.0, STUDENT_UPDATES * cfg.num_train_epochs * len(subset) / (len(subset) + len(pseudo)))
         student = train(spec, first_folder, subset + pseudo, data, seed,
@@ -151,9 +151,9 @@ def run(spec: str, first_folder: Path | None, subset: list[TextExample], data: T
         info["student_epochs"] = round(epochs, 3)
         info["rounds"].append({"pseudo_labels": len(pseudo), "validation": student["validation"],
                                "test": student["test"]})
-        if previous is not None and student["validation"][metric] < kept["validation"][metric]:
+        if previous is not None and student["validation"][metric] < teacher_out["validation"][metric]:
             student["model"].load_state_dict(previous)  # same architecture and labels
-            out = {**kept, "model": student["model"], "tokenizer": student["tokenizer"]}
+            out = {**teacher_out, "model": student["model"]}
             break
         out = student
         info["kept"] = "student" if r == 0 else f"student {r + 1}"

@@ -29,7 +29,7 @@ from transformers import (
 from mlm.cpus import resolve_precision
 from mlm.errors import UserError, one_line
 from mlm.finetune.config import DEMO_MODEL, TrainConfig
-from mlm.modeling import check_encoder_loaded, param_groups, quiet_transformers, read_model_config
+from mlm.modeling import param_groups, quiet_transformers, read_model_config
 from mlm.tokenizer import load_tokenizer
 
 RANDOM_INIT = "random-init"
@@ -119,9 +119,9 @@ def load_model(spec: str, first_folder: Path, task: str, label_names: list[str],
             if spec == RANDOM_INIT:
                 model = auto.from_config(config, dtype=torch.float32)
             else:
-                model, info = auto.from_pretrained(str(folder), config=config, dtype=torch.float32,
-                                                   ignore_mismatched_sizes=True, output_loading_info=True)
-                check_encoder_loaded(model, info, folder)
+                # (encoder tensors that do not fit the config were refused by check_model_folder)
+                model = auto.from_pretrained(str(folder), config=config, dtype=torch.float32,
+                                             ignore_mismatched_sizes=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise UserError(f"model '{spec}': cannot be loaded for {task} ({one_line(exc)})") from None
     return model.to(device if device is not None else run_device()), load_tokenizer(folder, masked_lm=False)
