@@ -66,7 +66,8 @@ def check_ranges(obj: Any, where: str = "") -> None:
         if not inside:
             # A section's fields are flags; those of a list item (a recipe's sources) are not.
             flag = "" if where.endswith("]") else f" (--{f.name})"
-            raise UserError(f"{here}{flag} = {value:g}: allowed {allowed_range(rng)}")
+            shown = str(value) if isinstance(value, int) else f"{value:g}"
+            raise UserError(f"{here}{flag} = {shown}: allowed {allowed_range(rng)}")
     if hasattr(obj, "check"):  # rules that tie fields together, beside them in the class
         obj.check()
 
@@ -100,6 +101,9 @@ class SourceConfig:
     half; fractional parts are decided by a hash of the document."""
 
     def check(self) -> None:
+        if not self.path.strip():
+            raise UserError("a source's path is empty: give a file, a folder, a glob or "
+                            "pkg://package/sub/path")
         try:
             codecs.lookup(self.encoding)
         except LookupError:
@@ -126,6 +130,12 @@ class CleanConfig:
     (tables, logs, number dumps); None: keep all."""
     corpus_num_proc: int = bounded(1, 1, None)
     """Worker processes that read, clean and scrub files (files are split between them)."""
+
+    def check(self) -> None:
+        if self.max_chars is not None and self.min_chars > self.max_chars:
+            raise UserError(f"clean.min_chars (--min_chars) = {self.min_chars} is above "
+                            f"clean.max_chars (--max_chars) = {self.max_chars}: no document "
+                            "could be kept; allowed min_chars <= max_chars")
 
 
 @dataclass
@@ -175,7 +185,8 @@ class TokenizerConfig:
     tokenizer_kind: Literal["wordpiece", "bpe", "unigram"] = "wordpiece"
     """Algorithm of a newly trained tokenizer."""
     tokenizer_name_or_path: str | None = None
-    """Reuse an existing tokenizer folder instead of training one."""
+    """Reuse an existing tokenizer folder instead of training one (None: train one, or, when
+    continuing from model_name_or_path, that checkpoint's own tokenizer)."""
     vocab_size: int = bounded(16000, 105, 1_048_576)
     """Vocabulary size of a newly trained tokenizer (at most 2^20: the largest vocabularies in use
     are ~256k, and the trainers allocate memory in proportion before learning anything)."""
@@ -704,7 +715,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, root: type = Recipe
             extra = {"nargs": "?", "const": "true"} if ftp is bool else {}
             group.add_argument(
                 f"--{name}", default=argparse.SUPPRESS, metavar=meta,
-                help=f"{docs.get(name, '')} (default: {default})", **extra,
+                # argparse expands %-formats in help: a docstring's "95 %" stays text
+                help=f"{docs.get(name, '')} (default: {default})".replace("%", "%%"), **extra,
             )
 
 

@@ -188,16 +188,27 @@ def check_positions(config: dict, length: int, setting: str, name: str) -> None:
                         f"(max_position_embeddings {positions}): allowed [8, {positions}]")
 
 
-def check_model_settings(cfg: ModelConfig, max_seq_length: int) -> None:
+def check_model_settings(cfg: ModelConfig, max_seq_length: int) -> dict | None:
     """What building or loading the model would refuse, checked before any work: the shape of a
     model built from scratch; for a checkpoint, that it is a model folder whose positions
-    cover max_seq_length."""
+    cover max_seq_length. Returns the checkpoint's config.json (None from scratch)."""
     if not cfg.model_name_or_path:
         check_fits_in_memory(model_shape(cfg), max_seq_length)
-        return
+        return None
     name = cfg.model_name_or_path
     config = read_model_config(resolve_path(name), f"--model_name_or_path {name}")
     check_positions(config, max_seq_length, "max_seq_length", name)
+    return config
+
+
+def check_embedding_rows(config: dict, name: str, tokenizer_size: int) -> None:
+    """A checkpoint's embeddings have one row per token of the tokenizer it will read with (what
+    loading refuses after the corpus and blocks are built, checked before)."""
+    rows = config.get("vocab_size")
+    if isinstance(rows, int) and rows != tokenizer_size:
+        raise UserError(f"--model_name_or_path {name}: its embeddings have {rows:,} rows but the "
+                        f"tokenizer has {tokenizer_size:,} tokens; give the checkpoint's own "
+                        "tokenizer (--tokenizer_name_or_path)")
 
 
 def build_config(cfg: ModelConfig, tokenizer, max_seq_length: int):

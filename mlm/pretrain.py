@@ -42,6 +42,7 @@ from mlm.errors import Stopped, UserError, create_folder, one_line
 from mlm.masking import MaskingCollator
 from mlm.modeling import (
     WEIGHT_FILES,
+    check_embedding_rows,
     check_model_settings,
     count_parameters,
     param_groups,
@@ -49,7 +50,12 @@ from mlm.modeling import (
 )
 from mlm.objective import build_objective, uses_varlen
 from mlm.packing import load_blocks, prepare_blocks
-from mlm.recipe import corpus_fingerprint, fingerprint, resolve_path
+from mlm.recipe import (
+    check_output_outside_sources,
+    corpus_fingerprint,
+    fingerprint,
+    resolve_path,
+)
 from mlm.report import CARD_MARKER, plot_loss_curve
 from mlm.tokenizer import check_tokenizer_settings, prepare_tokenizer
 
@@ -59,15 +65,22 @@ __all__ = ["pretrain", "prepare_data", "load_blocks"]
 
 def pretrain(recipe: Recipe) -> Path:
     """Run the recipe end to end; returns the output folder (a save_pretrained model)."""
-    check_ranges(recipe)  # every setting, before any work
-    check_model_settings(recipe.model, recipe.packing.max_seq_length)
-    check_tokenizer_settings(recipe.tokenizer, recipe.packing.max_seq_length)
+    model, tokenizer = recipe.model, recipe.tokenizer
+    if model.model_name_or_path and not tokenizer.tokenizer_name_or_path:
+        # the checkpoint's own tokenizer: a new one would give its embedding rows other words
+        tokenizer.tokenizer_name_or_path = model.model_name_or_path
     out = Path(recipe.training.output_dir)
     for flag, source in (("model_name_or_path", recipe.model.model_name_or_path),
                          ("tokenizer_name_or_path", recipe.tokenizer.tokenizer_name_or_path)):
         if source and out.exists() and resolve_path(source).resolve() == out.resolve():
             raise UserError(f"--{flag} {source} is the --output_dir: a run replaces the model "
                             "in its output folder, so continue pretraining into another folder")
+    check_ranges(recipe)  # every setting, before any work
+    config = check_model_settings(model, recipe.packing.max_seq_length)
+    size = check_tokenizer_settings(tokenizer, recipe.packing.max_seq_length)
+    if config is not None and size is not None and not tokenizer.extend_vocab_words:
+        check_embedding_rows(config, model.model_name_or_path, size)
+    check_output_outside_sources(recipe, out, "--output_dir")
     resume_from = _resume_point(recipe)  # checked before anything is written
     if resume_from is None and _first_process():
         guard_output_dir(recipe, out)

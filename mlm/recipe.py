@@ -78,6 +78,20 @@ def source_files(source: SourceConfig, base: Path | None = None) -> list[Path]:
     return files
 
 
+def check_output_outside_sources(recipe: Recipe, output: str | Path, flag: str) -> None:
+    """Refuse an output folder inside a source folder (before any work): the run would read its
+    own caches and models back as corpus text on the next run."""
+    base = Path(recipe.path).parent if recipe.path else None
+    out = Path(output).expanduser().resolve()
+    for source in recipe.sources:
+        if source.path.startswith("pkg://") or any(ch in source.path for ch in "*?["):
+            continue
+        root = resolve_path(source.path, base)
+        if root.is_dir() and out.is_relative_to(root.resolve()):
+            raise UserError(f"{flag} {output} lies inside the source folder {source.path}: the "
+                            "run would read its own output as text; choose a folder outside it")
+
+
 def read_listing(listing: Path, missing: str) -> list[str]:
     """The entries of a list file (an `exclude_from` or a `test_list`): one per line, blank
     lines and `#` comments skipped; `missing`: the error when there is no such file."""

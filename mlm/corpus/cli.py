@@ -52,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
     recipe_path, output, quiet = args.pop("recipe"), args.pop("output"), args.pop("quiet")
     from mlm.corpus.build import format_stats, write_corpus
-    from mlm.recipe import load_recipe
+    from mlm.recipe import check_output_outside_sources, load_recipe
 
     recipe = load_recipe(recipe_path)
     apply_overrides(recipe, args)
     check_ranges(recipe)
+    check_output_outside_sources(recipe, output, "--output")
     if Path(output).exists() and not Path(output).is_dir():
         raise UserError(f"--output {output} is a file; give a folder")
     create_folder(Path(output).parent, "--output's parent")

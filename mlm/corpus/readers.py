@@ -293,6 +293,14 @@ def _read_jsonl(path: Path, source: SourceConfig, stream) -> Iterator[tuple[str,
                 continue
             raise UserError(f"{path}:{i}: no field '{exc.args[0]}' (fields: "
                             f"{', '.join(sorted(map(str, row)))}); set `text_field`") from None
+        wrong = next(((f, v) for f, v in zip(fields, values)
+                      if v is not None and not isinstance(v, str)), None)
+        if wrong is not None:  # str(5) or str(["a", "b"]) would enter the corpus as text
+            if source.on_error == "skip":
+                yield Skip("malformed_record", f"{path}:{i}")
+                continue
+            raise UserError(f"{path}:{i}: field '{wrong[0]}' holds {type(wrong[1]).__name__} "
+                            f"{wrong[1]!r:.60}, not text; fix the record or set `on_error: skip`")
         yield _join(values), f"{path}:{i}"
 
 

