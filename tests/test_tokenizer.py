@@ -157,6 +157,7 @@ def test_audit_figures_are_consistent(minilm, texts, tmp_path):
     data = json.loads(out.read_text())
     assert data["documents"] == 20 and "minilm" in data["tokenizers"]
     assert audit_main([str(folder), str(tmp_path / "missing")]) == 2
+    assert audit_main([str(folder), str(MINILM), f"model={MINILM}", "--json", str(out)]) == 2
 
 
 def test_tokenizer_without_mask_token_is_refused(texts, tmp_path):

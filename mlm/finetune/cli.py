@@ -52,7 +52,10 @@ def load_suite(path: str | Path) -> FinetuneConfig:
             proto["train_sizes"] = ",".join(str(s) for s in proto["train_sizes"])
         if isinstance(task, dict) and "name" not in task:
             task["name"] = f"task{i + 1}"
-    cfg = from_dict(FinetuneConfig, data, path.name)
+    try:  # as load_recipe does: "suite.yaml: unknown key 'tasks[0].trainng'"
+        cfg = from_dict(FinetuneConfig, data)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     cfg.path = str(path)
     return cfg
 

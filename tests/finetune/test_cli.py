@@ -63,6 +63,14 @@ def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, ex
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # nothing run, nothing written
 
 
+def test_a_suite_mistake_names_the_file_then_the_key(tmp_path, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("tasks:\n  - name: a\n    data: {train_file: x.csv}\n    trainng: {}\n")
+    assert main(["--suite", str(suite)]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"error: {suite}: unknown key 'tasks[0].trainng' (known: data, name, protocol, training)"
+
+
 def test_readme_documents_every_finetune_flag():
     readme = (REPO / "README.md").read_text()
     flags = {s for a in parser()._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
