@@ -31,13 +31,15 @@ def bounded(default: Any, lo: float | None = None, hi: float | None = None, *,
     return field(default=default, metadata={"range": (lo, hi, above, below)})
 
 
+def _number(v: float) -> str:
+    """Integers in full (a seed's 4294967295, not 4.29497e+09), other numbers short."""
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
 def allowed_range(rng: tuple) -> str:
     """`(0, 1]`-style text of a field's range."""
     lo, hi, above, below = rng
-
-    def num(v: float) -> str:  # integers in full (a seed's 4294967295, not 4.29497e+09)
-        return str(v) if isinstance(v, int) else f"{v:g}"
-
+    num = _number
     if hi is None:
         return f"{'>' if above else '>='} {num(lo)}"
     return f"{'(' if above else '['}{num(lo)}, {num(hi)}{')' if below else ']'}"
@@ -66,8 +68,7 @@ def check_ranges(obj: Any, where: str = "") -> None:
         if not inside:
             # A section's fields are flags; those of a list item (a recipe's sources) are not.
             flag = "" if where.endswith("]") else f" (--{f.name})"
-            shown = str(value) if isinstance(value, int) else f"{value:g}"
-            raise UserError(f"{here}{flag} = {shown}: allowed {allowed_range(rng)}")
+            raise UserError(f"{here}{flag} = {_number(value)}: allowed {allowed_range(rng)}")
     if hasattr(obj, "check"):  # rules that tie fields together, beside them in the class
         obj.check()
 

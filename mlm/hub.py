@@ -76,7 +76,7 @@ def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None, priv
     read_model_config(folder, str(folder))  # a corrupt config or no weights: refused here
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     card = folder / "README.md"
-    before = card.read_bytes() if card.is_file() else None  # put back if the push fails
+    before = card.read_bytes() if model_card and card.is_file() else None  # put back on failure
     if model_card:
         write_model_card(folder, repo_id=repo_id, license=license, language=language)
     api = HfApi(endpoint=endpoint, token=token, library_name="mlm")
@@ -90,10 +90,10 @@ def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None, priv
             commit_message=commit_message or f"Upload {folder.name} with mlm",
             ignore_patterns=list(DEFAULT_IGNORE_PATTERNS if ignore_patterns is None else ignore_patterns))
     except Exception as exc:
-        if model_card and before is not None:  # the folder stays as it was: no card naming
-            card.write_bytes(before)              # a repository that was never pushed to
+        if model_card and before is None:  # the folder stays as it was: no card naming a
+            card.unlink(missing_ok=True)     # repository that was never pushed to
         elif model_card:
-            card.unlink(missing_ok=True)
+            card.write_bytes(before)
         error = _user_error(exc, endpoint, f"{endpoint}/{repo_id}" + (f"@{revision}" if revision else ""))
         if error is None:
             raise

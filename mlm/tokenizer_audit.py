@@ -167,10 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.tokenizers:
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
         folder = resolve_path(path)
-        if (name or folder.name) in toks:  # a dict would keep only the last of the two
-            raise UserError(f"two tokenizers are named '{name or folder.name}'; name them "
-                            "apart, e.g. general=PATH domain=PATH")
-        toks[name or folder.name] = load_tokenizer(folder)
+        name = name or folder.name
+        if name in toks:  # a dict would keep only the last of the two
+            raise UserError(f"two tokenizers are named '{name}'; name them apart, e.g. "
+                            "general=PATH domain=PATH")
+        toks[name] = load_tokenizer(folder)
     texts = _spread(corpus_texts(args.corpus, 50 * args.max_documents), args.max_documents)
     if not texts:
         raise UserError(f"{args.corpus}: no document to audit")

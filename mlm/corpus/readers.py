@@ -273,6 +273,22 @@ def _records(path: Path, source: SourceConfig, stream) -> Iterator[tuple[int, ob
                             "fix the line or set `on_error: skip`") from None
 
 
+def _record_text(row, fields: list[str]) -> tuple[str | None, str | None]:
+    """(the text of a JSON record's fields, None), or (None, what is wrong with the record)."""
+    if not isinstance(row, dict):
+        return None, f"expected a JSON object, got {type(row).__name__}"
+    try:
+        values = [_field(row, f) for f in fields]
+    except KeyError as exc:
+        return None, (f"no field '{exc.args[0]}' (fields: {', '.join(sorted(map(str, row)))}); "
+                      "set `text_field`")
+    for f, v in zip(fields, values):  # str(5) or str(["a", "b"]) would enter the corpus as text
+        if v is not None and not isinstance(v, str):
+            return None, (f"field '{f}' holds {type(v).__name__} {v!r:.60}, not text; fix the "
+                          "record or set `on_error: skip`")
+    return _join(values), None
+
+
 def _read_jsonl(path: Path, source: SourceConfig, stream) -> Iterator[tuple[str, str] | Skip]:
     fields = _fields(source)
     for item in _records(path, source, stream):
@@ -280,28 +296,13 @@ def _read_jsonl(path: Path, source: SourceConfig, stream) -> Iterator[tuple[str,
             yield item
             continue
         i, row = item
-        if not isinstance(row, dict):
-            if source.on_error == "skip":
-                yield Skip("malformed_record", f"{path}:{i}")
-                continue
-            raise UserError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-        try:
-            values = [_field(row, f) for f in fields]
-        except KeyError as exc:
-            if source.on_error == "skip":
-                yield Skip("malformed_record", f"{path}:{i}")
-                continue
-            raise UserError(f"{path}:{i}: no field '{exc.args[0]}' (fields: "
-                            f"{', '.join(sorted(map(str, row)))}); set `text_field`") from None
-        wrong = next(((f, v) for f, v in zip(fields, values)
-                      if v is not None and not isinstance(v, str)), None)
-        if wrong is not None:  # str(5) or str(["a", "b"]) would enter the corpus as text
-            if source.on_error == "skip":
-                yield Skip("malformed_record", f"{path}:{i}")
-                continue
-            raise UserError(f"{path}:{i}: field '{wrong[0]}' holds {type(wrong[1]).__name__} "
-                            f"{wrong[1]!r:.60}, not text; fix the record or set `on_error: skip`")
-        yield _join(values), f"{path}:{i}"
+        text, problem = _record_text(row, fields)
+        if problem is None:
+            yield text, f"{path}:{i}"
+        elif source.on_error == "skip":
+            yield Skip("malformed_record", f"{path}:{i}")
+        else:
+            raise UserError(f"{path}:{i}: {problem}")
 
 
 def _read_csv(path: Path, source: SourceConfig, stream, delimiter: str):

@@ -74,21 +74,24 @@ class DataConfig:
     training pool's texts outside the labeled subset. Lines equal to a validation or test text
     are left out."""
 
+    def label_list(self, flag: str) -> list[str] | None:
+        """The labels of `labels` or `exclude_labels`, split at commas (None when unset)."""
+        value = getattr(self, flag)
+        return None if value is None else [x.strip() for x in value.split(",") if x.strip()]
+
     def check(self) -> None:
-        columns = {"text_column": self.text_column, "label_column": self.label_column,
-                   "text_pair_column": self.text_pair_column}
         if self.task == "classification":
-            named = [(flag, col) for flag, col in columns.items() if col is not None]
-            for i, (flag, col) in enumerate(named):
-                for other, col2 in named[i + 1:]:
-                    if col == col2:
-                        raise UserError(f"--{flag} and --{other} both name the column '{col}': "
-                                        "the text and the label must be different columns")
+            seen: dict[str, str] = {}
+            for flag in ("text_column", "label_column", "text_pair_column"):
+                column = getattr(self, flag)
+                if column is not None and column in seen:
+                    raise UserError(f"--{seen[column]} and --{flag} both name the column "
+                                    f"'{column}': the text and the label must be different columns")
+                seen[column] = flag
         for flag in ("labels", "exclude_labels"):
-            value = getattr(self, flag)
-            if value is not None and not [x for x in value.split(",") if x.strip()]:
-                raise UserError(f"--{flag} {value!r} names no label: give comma-separated "
-                                "labels, e.g. pos,neg")
+            if self.label_list(flag) == []:
+                raise UserError(f"--{flag} {getattr(self, flag)!r} names no label: give "
+                                "comma-separated labels, e.g. pos,neg")
 
 
 SCRATCH_LEARNING_RATE = 5e-4
@@ -219,7 +222,7 @@ class ProtocolConfig:
     subsets, nested across sizes, for a given seed."""
     seeds: int = bounded(3, 1, 1000)
     """Repeats per (model, size): subset, initialisation and data order change with the seed
-    (at most 1,000: the 95 % interval is then ~0.06 standard deviations wide; a larger count
+    (at most 1,000: the 95 % interval is then ±0.06 standard deviations; a larger count
     is a typo that would run for weeks)."""
     seed: int = bounded(42, 0, SEED_MAX)
     """First seed; the repeats use seed, seed+1, ..."""

@@ -209,7 +209,7 @@ def read_classification(path: Path, cfg: DataConfig) -> list[TextExample]:
     if fmt == "lines":
         return read_class_lines(path)
     out = []
-    skip = {x.strip() for x in (cfg.exclude_labels or "").split(",") if x.strip()}
+    skip = set(cfg.label_list("exclude_labels") or [])
     first_kind: tuple[str, str] | None = None  # (JSON type of the labels, where first seen)
     for lineno, row in _rows(path, fmt):
         where = f"{path}:{lineno}"
@@ -590,7 +590,7 @@ def _label_set(cfg: DataConfig, pool, others: dict, paths: dict) -> list[str]:
             return [t[2:] for t in ex.tags if t != "O"]
         return ex.labels
 
-    declared = [x.strip() for x in cfg.labels.split(",") if x.strip()] if cfg.labels else None
+    declared = cfg.label_list("labels") or None
     seen = _sorted_labels({n for ex in pool for n in names(ex)})
     if cfg.task == "classification" and not seen:
         raise UserError(f"{paths['train']}: no labels in column '{cfg.label_column}'")
