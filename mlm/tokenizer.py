@@ -271,6 +271,58 @@ def wordpiece_continuations(backend: Tokenizer) -> np.ndarray | None:
     return table
 
 
+def word_start_tables(backend: Tokenizer) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per vocabulary id (added tokens included): (begins, ends): does the token begin a
+    word, and does a word begin right after it. Word starts then come from the ids alone, so
+    packing encodes without offsets and word ids (`encode_batch_fast`, ~20-30 % faster, and no
+    Python list per token): token j starts a word if begins[id_j] or ends[id_j-1].
+
+    - WordPiece: a piece without the "##" prefix begins a word, exactly what `word_ids` says
+      (the pre-tokenizer's words, punctuation apart: BERT's whole-word masking).
+    - Byte-level BPE and Metaspace (SentencePiece-style BPE/Unigram): words are runs of
+      non-whitespace, as in fairseq's whole-word masking for RoBERTa: a token whose text starts
+      with whitespace begins a word ("Ġ", "▁"), and so does the token after one whose text
+      ends with whitespace other than a space (a newline; a lone "Ġ" or "▁" is the leading
+      space of the word that follows it). Punctuation stays with its word ("end." is one).
+    - Added tokens are words of their own. None for other tokenizers (packing reads word_ids).
+    """
+    continuation = wordpiece_continuations(backend)
+    if continuation is not None:
+        begins, ends = ~continuation, np.zeros(len(continuation), dtype=bool)
+    else:
+        surface = _token_text(backend)
+        if surface is None:
+            return None
+        vocab = backend.get_vocab(with_added_tokens=True)
+        begins = np.zeros(max(vocab.values()) + 1, dtype=bool)
+        ends = begins.copy()
+        for token, i in vocab.items():
+            text = surface(token)
+            begins[i], ends[i] = text[:1].isspace(), text[-1:].isspace() and text[-1] != " "
+    added = list(backend.get_added_tokens_decoder())
+    begins[added] = ends[added] = True
+    return begins, ends
+
+
+def _token_text(backend: Tokenizer):
+    """The function from a vocabulary entry to the text it stands for, for the two markers
+    of a word's leading space: byte-level BPE (GPT-2's byte alphabet, "Ġ" for a space) and
+    Metaspace ("▁"); None if the pre-tokenizer is neither."""
+    spec = json.loads(backend.to_str()).get("pre_tokenizer") or {}
+    parts = spec.get("pretokenizers", [spec]) if spec.get("type") == "Sequence" else [spec]
+    kinds = {p.get("type"): p for p in parts}
+    if "ByteLevel" in kinds:
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        to_byte = {c: bytes([b]) for b, c in bytes_to_unicode().items()}
+        return lambda token: b"".join(to_byte.get(c) or c.encode() for c in token).decode(
+            "utf-8", errors="replace")
+    if "Metaspace" in kinds:
+        marker = kinds["Metaspace"].get("replacement", "\u2581")
+        return lambda token: token.replace(marker, " ")
+    return None
+
+
 def raw_backend(tokenizer: PreTrainedTokenizerFast) -> Tokenizer:
     """A copy of the Rust tokenizer with truncation and padding off.
 

@@ -142,6 +142,24 @@ def test_word_starts_from_vocabulary(tokenizer, sentences):
     assert torch.equal(selected, selected.gather(1, word_of(derived)) & maskable)
 
 
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_word_starts_from_vocabulary_match_packing(texts, kind):
+    """Byte-level BPE and Unigram: without a word_start column the collator reads the same word
+    starts off the ids as packing wrote into its blocks (words run between whitespace)."""
+    tok = train_tokenizer(texts[:80], TokenizerConfig(tokenizer_kind=kind, vocab_size=1500))
+    packed = pack(Dataset.from_dict({"text": texts[:80]}), tok, 128)
+    rows = packed.with_format("torch", columns=COLUMNS)[:256]
+    given = [{k: rows[k][i] for k in COLUMNS} for i in range(len(rows["input_ids"]))]
+    bare = [{k: e[k] for k in ("input_ids", "special_tokens_mask")} for e in given]
+    collator = MaskingCollator(tok, strategy="whole_word")
+    _, _, maskable, derived = collator.collate(bare)
+    _, _, _, packed_starts = collator.collate(given)
+    # A block's first token may continue a word cut at the block boundary: packing knows, the
+    # ids alone do not; everywhere else the two agree.
+    assert torch.equal(derived[:, 2:], packed_starts[:, 2:])
+    assert 0.3 < packed_starts.sum() / maskable.sum() < 0.95  # words of several tokens
+
+
 def test_span_length_distribution(tokenizer, blocks):
     """Spans cut from rows of one-token words follow the truncated geometric distribution."""
     for p, most in [(0.2, 10), (0.5, 4)]:

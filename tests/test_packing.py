@@ -26,22 +26,33 @@ def docs(bbc_dir: Path) -> Dataset:
     return Dataset.from_dict({"text": texts})
 
 
-@pytest.fixture(scope="module", params=["minilm", "bpe"])
+@pytest.fixture(scope="module", params=["minilm", "bpe", "unigram"])
 def tok(request, docs):
     # MiniLM's tokenizer.json truncates to 128 tokens: packing must not inherit that.
     if request.param == "minilm":
         return load_tokenizer(MINILM)
-    return train_tokenizer(docs, TokenizerConfig(tokenizer_kind="bpe", vocab_size=1200))
+    return train_tokenizer(docs, TokenizerConfig(tokenizer_kind=request.param, vocab_size=1200))
 
 
 def expected(tok, docs):
-    """Per document: token ids and word-start flags, from the tokenizer's own word_ids."""
+    """Per document: token ids and word-start flags, found independently of packing.
+    WordPiece: from the tokenizer's own word_ids. Byte-level BPE and Metaspace: words are
+    runs of non-whitespace, read from the text at each token's character offsets (the token's
+    first character is whitespace, or the one before it is whitespace other than a space);
+    added tokens are words of their own."""
+    wordpiece = type(tok.backend_tokenizer.model).__name__ == "WordPiece"
+    added = set(tok.added_tokens_decoder)
     out = []
     for text in docs["text"]:
-        enc = tok(text, add_special_tokens=False, truncation=False)
-        words = enc.word_ids()
-        starts = [w is not None and (j == 0 or words[j - 1] != w) for j, w in enumerate(words)]
-        out.append((enc["input_ids"], starts))
+        enc = tok(text, add_special_tokens=False, truncation=False, return_offsets_mapping=True)
+        ids, words = enc["input_ids"], enc.word_ids()
+        if wordpiece:
+            starts = [w is not None and (j == 0 or words[j - 1] != w) for j, w in enumerate(words)]
+        else:
+            starts = [j == 0 or ids[j] in added or ids[j - 1] in added or text[a:a + 1].isspace()
+                      or (text[a - 1:a].isspace() and text[a - 1] != " ")
+                      for j, (a, _) in enumerate(enc["offset_mapping"])]
+        out.append((ids, starts))
     return out
 
 
