@@ -22,6 +22,12 @@ from mlm.errors import UserError
 
 SEED_MAX = 2**32 - 1
 """Largest seed numpy's generator (seeded by `set_seed`) accepts."""
+WORKERS_MAX = 1024
+"""Most processes, DataLoader workers or threads a setting may ask for: more than any machine
+has, and each one costs memory (a typo like 1e300 spawned workers until the machine hung)."""
+INT_MAX = 2**63 - 1
+"""Largest integer any setting takes (torch, numpy and the tokenizers library hold counts in 64
+bits; a larger one crashed there with an OverflowError)."""
 
 
 def bounded(default: Any, lo: float | None = None, hi: float | None = None, *,
@@ -32,8 +38,9 @@ def bounded(default: Any, lo: float | None = None, hi: float | None = None, *,
 
 
 def _number(v: float) -> str:
-    """Integers in full (a seed's 4294967295, not 4.29497e+09), other numbers short."""
-    return str(v) if isinstance(v, int) else f"{v:g}"
+    """Integers in full (a seed's 4294967295, not 4.29497e+09) up to 19 digits, other numbers
+    short (1e+300 rather than 301 digits)."""
+    return str(v) if isinstance(v, int) and abs(v) <= INT_MAX else f"{v:g}"
 
 
 def allowed_range(rng: tuple) -> str:
@@ -62,6 +69,9 @@ def check_ranges(obj: Any, where: str = "") -> None:
         if rng is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         lo, hi, above, below = rng
+        if isinstance(value, int) and hi is None and value > INT_MAX:
+            rng = (lo, INT_MAX, above, below)  # every integer is held in 64 bits somewhere
+            hi = INT_MAX
         inside = math.isfinite(value) and \
             (lo is None or (value > lo if above else value >= lo)) and \
             (hi is None or (value < hi if below else value <= hi))
@@ -129,7 +139,7 @@ class CleanConfig:
     max_non_alpha_fraction: float | None = bounded(0.5, 0, 1)
     """Drop documents where more than this share of the non-space characters are not letters
     (tables, logs, number dumps); None: keep all."""
-    corpus_num_proc: int = bounded(1, 1, None)
+    corpus_num_proc: int = bounded(1, 1, WORKERS_MAX)
     """Worker processes that read, clean and scrub files (files are split between them)."""
 
     def check(self) -> None:
@@ -168,7 +178,7 @@ class DedupConfig:
     """Drop near-duplicates: MinHash over word n-grams, candidates found by LSH."""
     dedup_threshold: float = bounded(0.8, 0, 1, above=True)
     """Estimated Jaccard similarity of word n-grams at which two documents are near-duplicates."""
-    minhash_num_perm: int = bounded(128, 2, None)
+    minhash_num_perm: int = bounded(128, 2, 1024)
     """MinHash permutations (more: a finer similarity estimate, more memory per document)."""
     minhash_ngram: int = bounded(5, 1, None)
     """Words per shingle of the MinHash signature."""
@@ -221,7 +231,7 @@ class TokenizerConfig:
 class PackingConfig:
     max_seq_length: int = bounded(128, 8, None)
     """Tokens per training block, [CLS] and [SEP] included."""
-    num_proc: int = bounded(1, 1, None)
+    num_proc: int = bounded(1, 1, WORKERS_MAX)
     """Worker processes for tokenization. 1 (one process, the Rust tokenizer on all its threads)
     was the fastest in bench/bench_packing.py: 1.00x a bare encode, vs 0.72x for 2 workers."""
     respect_document_boundaries: bool = False
@@ -250,7 +260,7 @@ class MaskingConfig:
     span_geometric_p: float = bounded(0.2, 0, 1, above=True)
     """Span masking: parameter p of the geometric distribution of span lengths in words
     (SpanBERT: 0.2)."""
-    span_max_words: int = bounded(10, 1, None)
+    span_max_words: int = bounded(10, 1, 1024)
     """Span masking: longest span in words; the geometric is truncated here and renormalised
     (SpanBERT: 10, mean 3.8 words)."""
 
@@ -272,13 +282,13 @@ class ModelConfig:
     base 12x768 as layers x hidden)."""
     model_name_or_path: str | None = None
     """Continue pretraining from this local checkpoint instead of building from scratch."""
-    num_hidden_layers: int | None = bounded(None, 1, None)
+    num_hidden_layers: int | None = bounded(None, 1, 1024)
     """Override the preset's depth."""
-    hidden_size: int | None = bounded(None, 1, None)
+    hidden_size: int | None = bounded(None, 1, 65536)
     """Override the preset's width."""
-    num_attention_heads: int | None = bounded(None, 1, None)
+    num_attention_heads: int | None = bounded(None, 1, 1024)
     """Override the preset's number of attention heads."""
-    intermediate_size: int | None = bounded(None, 1, None)
+    intermediate_size: int | None = bounded(None, 1, 2**20)
     """Override the preset's feed-forward width (default 4x hidden)."""
     dropout: float = bounded(0.0, 0, 1, below=True)
     """Hidden and attention dropout during pretraining (0: none, as in cramming/ModernBERT)."""
@@ -369,13 +379,13 @@ class TrainingConfig:
     separated over 5 seeds (bench/RESULTS.md, 2026-12-08)."""
     lr_scheduler_type: Literal["linear", "cosine"] = "linear"
     """Decay after warmup, laid out over the whole budget."""
-    per_device_train_batch_size: int | None = bounded(None, 1, None)
+    per_device_train_batch_size: int | None = bounded(None, 1, 2**20)
     """Blocks per device per step (default: 8 on CPU, where on a time budget more updates of
     fewer tokens learn faster than fewer big ones (bench/RESULTS.md); 64 on a GPU, where a batch
     of 8 leaves the device mostly idle)."""
-    per_device_eval_batch_size: int = bounded(64, 1, None)
+    per_device_eval_batch_size: int = bounded(64, 1, 2**20)
     """Blocks per device per validation step."""
-    gradient_accumulation_steps: int = bounded(1, 1, None)
+    gradient_accumulation_steps: int = bounded(1, 1, 2**20)
     """Steps whose gradients are summed before each optimizer update."""
     max_steps: int | None = bounded(None, 1, None)
     """Budget in optimizer updates."""
@@ -398,7 +408,7 @@ class TrainingConfig:
     """Log training loss every this many updates."""
     seed: int = bounded(42, 0, SEED_MAX)
     """Seed of model initialisation, data order and masks."""
-    dataloader_num_workers: int | None = bounded(None, 0, None)
+    dataloader_num_workers: int | None = bounded(None, 0, WORKERS_MAX)
     """DataLoader worker processes that mask batches ahead of the model (default: none on CPU,
     where they would take cores from the model; 4 on a GPU, with pinned memory)."""
     torch_compile: bool = False
@@ -420,7 +430,7 @@ class TrainingConfig:
     not train), removing the old model and what was measured on it once the run is set up."""
     max_nonfinite_steps: int = bounded(5, 1, None)
     """Stop after this many non-finite losses in a row (each such step is skipped)."""
-    torch_threads: int | None = bounded(None, 1, None)
+    torch_threads: int | None = bounded(None, 1, WORKERS_MAX)
     """torch intra-op threads (default: the CPUs this process may use, by affinity and cgroup
     quota, shared among the processes of an `accelerate launch` on CPU)."""
 

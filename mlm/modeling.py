@@ -201,11 +201,14 @@ def check_model_settings(cfg: ModelConfig, max_seq_length: int) -> dict | None:
     return config
 
 
-def check_embedding_rows(config: dict, name: str, tokenizer_size: int) -> None:
-    """A checkpoint's embeddings have one row per token of the tokenizer it will read with (what
-    loading refuses after the corpus and blocks are built, checked before)."""
+def check_embedding_rows(config: dict, name: str, tokenizer_size: int, own: bool) -> None:
+    """A checkpoint's embeddings have a row for every token of the tokenizer it will read with
+    (what loading refuses after the corpus and blocks are built, checked before). With its own
+    tokenizer (`own`) there may be more rows than tokens: vocabularies padded to a multiple of
+    64 for speed (ModernBERT-base: 50,368 rows, 50,280 tokens). With another tokenizer the
+    sizes must match, or its ids would name other rows' words."""
     rows = config.get("vocab_size")
-    if isinstance(rows, int) and rows != tokenizer_size:
+    if isinstance(rows, int) and (rows < tokenizer_size or (rows > tokenizer_size and not own)):
         raise UserError(f"--model_name_or_path {name}: its embeddings have {rows:,} rows but the "
                         f"tokenizer has {tokenizer_size:,} tokens; give the checkpoint's own "
                         "tokenizer (--tokenizer_name_or_path)")
@@ -271,7 +274,9 @@ def load_checkpoint(path: str | Path, tokenizer=None, auto=AutoModelForMaskedLM,
             )
     except (ValueError, OSError, RuntimeError, SafetensorError) as exc:
         raise UserError(f"{path}: cannot be loaded as {what} model ({one_line(exc)})") from None
-    if tokenizer is not None and len(tokenizer) != model.get_input_embeddings().num_embeddings:
+    # More rows than tokens is a padded vocabulary (see check_embedding_rows); fewer would fail
+    # with an index error at the first unlucky token.
+    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise UserError(
             f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings have "
             f"{model.get_input_embeddings().num_embeddings} rows"
@@ -363,13 +368,14 @@ def resize_and_init_new_embeddings(model: PreTrainedModel, old_tokenizer, new_to
     output bias too, when the head has one). Returns the new ids."""
     old_n, new_n = len(old_tokenizer), len(new_tokenizer)
     rows = model.get_input_embeddings().num_embeddings
-    if rows != old_n:
+    if rows < old_n:
         raise UserError(f"the model has {rows} embedding rows but the old tokenizer {old_n} tokens")
     new_ids = list(range(old_n, new_n))
     old_vocab = old_tokenizer.get_vocab()
     if any(new_tokenizer.convert_ids_to_tokens(i) != t for t, i in old_vocab.items() if i < old_n):
         raise UserError("the new tokenizer does not keep the old tokenizer's ids")
-    model.resize_token_embeddings(new_n, mean_resizing=False)
+    if new_n > rows:  # a padded vocabulary's spare rows take the first new words as they are
+        model.resize_token_embeddings(new_n, mean_resizing=False)
     emb = model.get_input_embeddings().weight
     out = model.get_output_embeddings()
     bias = getattr(out, "bias", None) if out is not None else None
@@ -383,6 +389,6 @@ def resize_and_init_new_embeddings(model: PreTrainedModel, old_tokenizer, new_to
             emb[i] = emb[index].mean(0)
             if untied:
                 out.weight[i] = out.weight[index].mean(0)
-            if bias is not None and bias.shape[0] == new_n:
+            if bias is not None and bias.shape[0] > i:
                 bias[i] = bias[index].mean(0)
     return new_ids

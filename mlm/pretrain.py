@@ -79,7 +79,9 @@ def pretrain(recipe: Recipe) -> Path:
     config = check_model_settings(model, recipe.packing.max_seq_length)
     size = check_tokenizer_settings(tokenizer, recipe.packing.max_seq_length)
     if config is not None and size is not None and not tokenizer.extend_vocab_words:
-        check_embedding_rows(config, model.model_name_or_path, size)
+        own = resolve_path(tokenizer.tokenizer_name_or_path).resolve() == \
+            resolve_path(model.model_name_or_path).resolve()
+        check_embedding_rows(config, model.model_name_or_path, size, own)
     check_output_outside_sources(recipe, out, "--output_dir")
     resume_from = _resume_point(recipe)  # checked before anything is written
     if resume_from is None and _first_process():

@@ -200,16 +200,17 @@ def test_continuing_pretraining_in_place_is_refused(tiny_recipe, tmp_path):
 
 
 def test_a_model_too_large_for_this_machine_is_refused_before_it_is_built(tiny_recipe, tmp_path):
-    """A mistyped size (100000 layers) would run out of memory while the model is built."""
+    """A mistyped size (1000 layers of width 8192) would run out of memory while the model is
+    built."""
     from mlm.config import ModelConfig
     from mlm.modeling import check_model_settings, memory_for_training
     from mlm.pretrain import pretrain
 
     out = tmp_path / "run"
     recipe = load_recipe(tiny_recipe(output_dir=str(out)))
-    recipe.model.num_hidden_layers = 100000
+    recipe.model.num_hidden_layers, recipe.model.hidden_size = 1000, 8192
     have, where = memory_for_training()
-    with pytest.raises(UserError, match=rf"100000 layers .* more than {where}"):
+    with pytest.raises(UserError, match=rf"1000 layers of width 8192 .* more than {where}"):
         pretrain(recipe)
     assert not out.exists()
     check_model_settings(ModelConfig(model_size="base"), 512)  # BERT-base fits: 1.6 GiB

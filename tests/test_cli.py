@@ -54,7 +54,9 @@ def test_readme_documents_every_flag():
 
 
 @pytest.mark.parametrize("flag, value, expected", [
-    ("--per_device_train_batch_size", "0", "(--per_device_train_batch_size) = 0: allowed >= 1"),
+    ("--per_device_train_batch_size", "0", "(--per_device_train_batch_size) = 0: allowed [1, 1048576]"),
+    ("--torch_threads", "1e300", "(--torch_threads) = 1e+300: allowed [1, 1024]"),
+    ("--min_frequency", "99999999999999999999", "(--min_frequency) = 1e+20: allowed [1, 9223372036854775807]"),
     ("--learning_rate", "-1", "(--learning_rate) = -1: allowed > 0"),
     ("--max_steps", "-3", "(--max_steps) = -3: allowed >= 1"),
     ("--max_steps", "0", "(--max_steps) = 0: allowed >= 1"),
@@ -80,7 +82,7 @@ def test_bad_numbers_refused_before_any_work(tmp_path, flag, value, expected):
 
 @pytest.mark.parametrize("args, expected", [
     (["--dedup_threshold", "2"], "(--dedup_threshold) = 2: allowed (0, 1]"),
-    (["--minhash_num_perm", "0"], "(--minhash_num_perm) = 0: allowed >= 2"),
+    (["--minhash_num_perm", "0"], "(--minhash_num_perm) = 0: allowed [2, 1024]"),
     (["--validation_fraction", "1.5"], "(--validation_fraction) = 1.5: allowed (0, 0.5]"),
     (["--min_chars", "-5"], "(--min_chars) = -5: allowed >= 0"),
     ([], "sources[0].weight = -1: allowed > 0"),

@@ -101,3 +101,41 @@ def test_text_flags_are_taken_as_written_and_empty_values_are_refused():
     for name in ("output_dir", "model_name_or_path", "learning_rate"):
         with pytest.raises(UserError, match=f"--{name} is empty"):
             apply_overrides(recipe, {name: " "})
+
+
+def _int_settings(root):
+    """(section instance path, field name) of every integer setting under `root`, walked."""
+    import dataclasses
+    import typing
+
+    for f in dataclasses.fields(root):
+        tp = typing.get_type_hints(type(root))[f.name]
+        value = getattr(root, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from ((value, name) for value, name in _int_settings(value))
+        elif tp is int or tp == (int | None):
+            yield root, f.name
+
+
+@pytest.mark.parametrize("root", ["recipe", "finetune"])
+def test_every_integer_setting_refuses_a_huge_number(root):
+    """1e300 as an integer (or 20 digits) crashed in torch, numpy or tokenizers, or spawned
+    workers until the machine hung: every integer setting has an upper bound, named in a
+    one-line refusal with the value written short."""
+    from mlm.config import check_ranges
+    from mlm.finetune.config import FinetuneArgs
+
+    top = Recipe() if root == "recipe" else FinetuneArgs()
+    checked = 0
+    for section, name in list(_int_settings(top)):
+        for value in (10**300, 10**20):
+            before = getattr(section, name)
+            setattr(section, name, value)
+            with pytest.raises(UserError) as err:
+                check_ranges(top)
+            setattr(section, name, before)
+            message = str(err.value)
+            assert f"(--{name}) = 1e+" in message and ", " in message.split("allowed ")[1], message
+            assert len(message) < 200 and "\n" not in message
+        checked += 1
+    assert checked >= 12

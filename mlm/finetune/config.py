@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mlm.config import SEED_MAX, HubConfig, bounded
+from mlm.config import SEED_MAX, WORKERS_MAX, HubConfig, bounded
 from mlm.errors import UserError
 
 DEMO_MODEL = "runs/demo"
@@ -123,9 +123,9 @@ class TrainConfig:
     """Share of the updates spent warming the learning rate up; then linear decay to 0."""
     num_train_epochs: float = bounded(10.0, 0, None, above=True)
     """Maximum passes over the training subset (early stopping may end sooner)."""
-    per_device_train_batch_size: int = bounded(16, 1, None)
+    per_device_train_batch_size: int = bounded(16, 1, 2**20)
     """Examples (NER: windows) per training step."""
-    per_device_eval_batch_size: int = bounded(64, 1, None)
+    per_device_eval_batch_size: int = bounded(64, 1, 2**20)
     """Examples per evaluation step."""
     max_grad_norm: float = bounded(1.0, 0, None, above=True)
     """Gradient clipping threshold."""
@@ -184,7 +184,7 @@ class TrainConfig:
     max_pseudo_labels: int = bounded(5000, 1, None)
     """At most this many pseudo-labeled texts, as many per class (the student's cost grows with
     them); a seeded sample of at most 20 times this many unlabeled texts is scored."""
-    self_training_rounds: int = bounded(1, 1, None)
+    self_training_rounds: int = bounded(1, 1, 10)
     """Rounds of self-training: from the second on, the previous round's student is the
     teacher that labels the unlabeled texts again (with TF-IDF under model+tfidf), and a fresh
     student learns from its labels. Each round costs one more fine-tuning run."""
@@ -194,7 +194,7 @@ class TrainConfig:
     teacher's, else the teacher (later rounds stop at the first student that does not improve).
     On the suite, better cost 0.001-0.012 macro-F1 (a small validation set often prefers the
     teacher when the student is better on test; bench/RESULTS.md, "validation guard")."""
-    setfit_num_iterations: int = bounded(20, 1, None)
+    setfit_num_iterations: int = bounded(20, 1, 1000)
     """SetFit (`--model setfit`): contrastive pairs drawn per labeled text and per side (similar /
     dissimilar), i.e. 2 x this x the train size pairs, one epoch over them."""
     setfit_max_steps: int = bounded(100, 1, None)
@@ -269,7 +269,7 @@ class RunConfig:
     save_models: Literal["best", "all", "none"] = "best"
     """Fine-tuned encoder folders to keep: best = one per (task, model), the seed with the best
     validation score at the largest train size; all = every run."""
-    torch_threads: int | None = bounded(None, 1, None)
+    torch_threads: int | None = bounded(None, 1, WORKERS_MAX)
     """torch intra-op threads (default: the CPUs this process may use, by affinity and cgroup
     quota, shared among the processes of an `accelerate launch` on CPU)."""
     quiet: bool = False

@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from mlm.cpus import resolve_precision
-from mlm.errors import UserError, one_line
+from mlm.errors import Stopped, UserError, one_line
 from mlm.finetune.config import DEMO_MODEL, TrainConfig
 from mlm.modeling import param_groups, quiet_transformers, read_model_config
 from mlm.tokenizer import load_tokenizer
@@ -272,6 +272,12 @@ def fit(model, features: list[dict], evaluate: Callable[[], dict], metric: str, 
             step += 1
             bar.update()
         train_loss = torch.stack(losses).float().mean().item() if losses else 0.0
+        if not math.isfinite(train_loss):  # the weights are lost: every later score is noise
+            advice = f"lower --learning_rate (now {lr:g})"
+            if resolve_precision(cfg.mixed_precision, dev.type) != "no":
+                advice += f" or use --mixed_precision no (now {cfg.mixed_precision})"
+            raise Stopped(f"the training loss is not finite in epoch {res.epochs + 1}, so the "
+                          f"weights diverged. Try: {advice}", 1)
         scores = evaluate()
         if res.end_epoch(scores, metric, train_loss):
             best_state = copy.deepcopy(model.state_dict())

@@ -26,7 +26,7 @@ import mlm.finetune.ner as ner
 import mlm.finetune.setfit_route as setfit_route
 from mlm.config import check_ranges, to_dict
 from mlm.cpus import resolve_precision, set_torch_threads
-from mlm.errors import UserError, create_folder
+from mlm.errors import Stopped, UserError, create_folder
 from mlm.finetune.config import FinetuneConfig, TaskConfig, TrainConfig
 from mlm.finetune.data import TaskData, TextExample, load_task, stratified_order
 from mlm.finetune.engine import (
@@ -152,16 +152,20 @@ def run_task(task: TaskConfig, models: list[str], out_dir: Path, cfg: FinetuneCo
             out = setfit_route.run_classification(spec, subset, data, seed, task.training, metric, progress=label)
             extra = {"hyperparameters": out["hyperparameters"], "device": out["device"]}
         else:
-            label = None if cfg.run.quiet else f"{model_label(spec)} n={size} seed={seed}"
-            if kind == "classification":
-                self_trains = training[spec].self_training and not data.multi_label
-                out = classification.run(spec, first, subset, data, seed, training[spec], metric,
-                                         progress=label, cache=encoded,
-                                         unlabeled=unlabeled_texts(data, orders[seed][size:])
-                                         if self_trains else None, tfidf_cache=cache)
-            else:
-                out = ner.run(spec, first, subset, data, seed, training[spec], metric, progress=label,
-                              cache=encoded)
+            name = f"{model_label(spec)} n={size} seed={seed}"
+            label = None if cfg.run.quiet else name
+            try:
+                if kind == "classification":
+                    self_trains = training[spec].self_training and not data.multi_label
+                    out = classification.run(spec, first, subset, data, seed, training[spec], metric,
+                                             progress=label, cache=encoded,
+                                             unlabeled=unlabeled_texts(data, orders[seed][size:])
+                                             if self_trains else None, tfidf_cache=cache)
+                else:
+                    out = ner.run(spec, first, subset, data, seed, training[spec], metric,
+                                  progress=label, cache=encoded)
+            except Stopped as exc:  # a diverged fit: say which one
+                raise Stopped(f"{task.name}, {name}: {exc}", exc.code) from None
             device = device_of(out["model"])
             extra = {"best_epoch": out["fit"].best_epoch, "epochs": out["fit"].epochs,
                      "steps": out["fit"].steps, "learning_rate": training[spec].learning_rate,

@@ -30,12 +30,13 @@ def wnut() -> list[NerExample]:
     return read_ner(WNUT, DataConfig(task="ner", file_format="conll"))[0]
 
 
-def save_tiny_bert(folder: Path, tokenizer) -> Path:
-    """A 2-layer, 64-wide BERT masked LM with `tokenizer`, saved like a pretraining run."""
+def save_tiny_bert(folder: Path, tokenizer, spare_rows: int = 0) -> Path:
+    """A 2-layer, 64-wide BERT masked LM with `tokenizer`, saved like a pretraining run;
+    `spare_rows`: embedding rows beyond the tokenizer's tokens (a padded vocabulary)."""
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+    cfg = BertConfig(vocab_size=len(tokenizer) + spare_rows, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=128, max_position_embeddings=128)
     BertForMaskedLM(cfg).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))

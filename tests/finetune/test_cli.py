@@ -104,3 +104,47 @@ def test_finetune_push_to_hub_uploads_the_kept_model(tmp_path, tiny_model, bbc_c
     assert config["architectures"] == ["BertForSequenceClassification"]
     assert set(config["id2label"].values()) == {"business", "sports", "tech"}
 
+
+
+def test_checkpoint_with_a_padded_vocabulary(tiny_recipe, bbc_csv, tmp_path):
+    """Embeddings padded past the tokenizer (ModernBERT-base: 50,368 rows for 50,280 tokens)
+    are the checkpoint's own: continued pretraining, vocabulary extension (into the spare rows)
+    and fine-tuning take them; the result loads in a stock fill-mask pipeline."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+
+    from mlm.pretrain import pretrain
+    from mlm.recipe import load_recipe
+    from tests.finetune.conftest import MINILM, save_tiny_bert
+
+    tok = AutoTokenizer.from_pretrained(str(MINILM))
+    model = save_tiny_bert(tmp_path / "ckpt", tok, spare_rows=70)
+    for name, extend in (("run", 0), ("extended", 20)):
+        recipe = load_recipe(tiny_recipe(output_dir=str(tmp_path / name), max_steps=2))
+        recipe.model.model_name_or_path = str(model)
+        recipe.tokenizer.extend_vocab_words = extend
+        pretrain(recipe)
+        out = AutoModelForMaskedLM.from_pretrained(str(tmp_path / name))
+        assert out.get_input_embeddings().num_embeddings == len(tok) + 70
+        assert len(AutoTokenizer.from_pretrained(str(tmp_path / name))) == len(tok) + extend
+    fill = pipeline("fill-mask", model=str(tmp_path / "extended"), top_k=3)
+    assert len(fill("the [MASK] rose")) == 3
+    assert main(["--model", str(tmp_path / "run"), "--train_file", str(bbc_csv["train"]),
+                 "--validation_file", str(bbc_csv["validation"]),
+                 "--test_file", str(bbc_csv["test"]), "--train_sizes", "all", "--seeds", "1",
+                 "--num_train_epochs", "1", "--max_length", "32", "--mixed_precision", "no",
+                 "--output_dir", str(tmp_path / "ft"), "--quiet", "--torch_threads", "1"]) == 0
+
+
+def test_a_diverging_fine_tuning_stops_with_advice(tiny_model, bbc_csv, tmp_path, capsys):
+    """A learning rate that sends the weights to NaN used to finish with a constant-prediction
+    score in the table; now the run stops in one line naming the fit and the setting to lower."""
+    code = main(["--model", str(tiny_model), "--train_file", str(bbc_csv["train"]),
+                 "--validation_file", str(bbc_csv["validation"]),
+                 "--test_file", str(bbc_csv["test"]), "--train_sizes", "all", "--seeds", "1",
+                 "--num_train_epochs", "2", "--max_length", "32", "--mixed_precision", "no",
+                 "--learning_rate", "1e30", "--self_training", "false",
+                 "--output_dir", str(tmp_path / "ft"), "--quiet", "--torch_threads", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1, err
+    assert "seed=42: the training loss is not finite in epoch 1" in err[-1]
+    assert "lower --learning_rate (now 1e+30)" in err[-1] and "Traceback" not in "\n".join(err)
