@@ -3,16 +3,20 @@ checkpoints).
 
 A cache entry is the folder `folder/key`. It is built under a temporary name and renamed into
 place when complete, so its existence means it is whole: a killed build leaves only a
-temporary folder, which the next build removes.
+temporary folder, which the next build removes. An entry damaged afterwards (a full disk, a
+copy cut short, a file edited by hand) fails to load, and `load_cached` builds it again.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 def digest(obj: object) -> str:
@@ -77,3 +81,21 @@ def cached(folder: str | Path, key: str, build: Callable[[Path], object], *,
         tmp.rename(final)
     barrier()
     return final
+
+
+def load_cached(folder: str | Path, key: str, build: Callable[[Path], object],
+                load: Callable[[Path], T], **kwargs) -> T:
+    """`load` of the entry `cached` returns. An existing entry that fails to load was damaged
+    after it was made: it is built again, with a note on stderr, and loaded once more (a
+    second failure is raised). Under a launch every process reads the same damaged files and
+    so takes the same way."""
+    path = cached(folder, key, build, **kwargs)
+    try:
+        return load(path)
+    except Exception as exc:  # noqa: BLE001 - whatever the reader raises, the entry is unusable
+        processes = kwargs.get("processes")
+        if processes is None or processes.is_main_process:
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            print(f"note: the cache entry {path} is damaged ({reason}); building it again",
+                  file=sys.stderr)
+    return load(cached(folder, key, build, **{**kwargs, "rebuild": True}))

@@ -111,3 +111,11 @@ def resolve_precision(setting: str, device_type: str) -> str:
     if device_type == "cpu":
         return "bf16" if cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "no"
     return "no"
+
+
+def tell_deepspeed_cpu() -> None:
+    """For a run on the CPU: DeepSpeed, which Accelerate imports whenever it unwraps a model
+    (when installed), looks for a GPU at import and prints a warning to stdout when it finds
+    none. Naming its CPU accelerator up front (its own DS_ACCELERATOR setting) is silent and
+    picks what it would have fallen back to; a value the user set is kept."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")

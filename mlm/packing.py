@@ -40,7 +40,7 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from mlm.cache import Processes, cached, digest
+from mlm.cache import Processes, digest, load_cached
 from mlm.config import PackingConfig
 from mlm.errors import UserError
 from mlm.tokenizer import check_sequence_length, raw_backend, word_start_tables
@@ -379,8 +379,9 @@ def prepare_blocks(corpus, tokenizer: PreTrainedTokenizerFast, config: PackingCo
                  respect_document_boundaries=config.respect_document_boundaries,
                  path=tmp / f"{split}.arrow", progress=f"pack {split}")
 
-    folder = cached(cache_dir, key, build, processes=processes)
-    return load_blocks(folder / "train.arrow"), load_blocks(folder / "validation.arrow")
+    return load_cached(cache_dir, key, build, lambda folder: (
+        load_blocks(folder / "train.arrow"), load_blocks(folder / "validation.arrow")),
+        processes=processes)
 
 
 def load_blocks(path: str | Path) -> Dataset:

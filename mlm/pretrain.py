@@ -37,7 +37,7 @@ from mlm.cache import cached
 from mlm.config import Recipe, check_ranges, to_dict
 from mlm.corpus import build_corpus
 from mlm.corpus.build import corpus_stats, format_stats
-from mlm.cpus import resolve_precision, set_torch_threads
+from mlm.cpus import resolve_precision, set_torch_threads, tell_deepspeed_cpu
 from mlm.errors import Stopped, UserError, create_folder, one_line
 from mlm.masking import MaskingCollator
 from mlm.modeling import (
@@ -951,6 +951,8 @@ def make_accelerator(cpu: bool, **kwargs) -> Accelerator:
     with the plugin Accelerate builds from the launcher's environment, and the Accelerator is
     made again on that state, so the sharded code paths (FSDP2's `fully_shard`, DeepSpeed's
     engine and ZeRO optimizer, on DeepSpeed's CPU accelerator) run here as on GPUs."""
+    if cpu or not torch.cuda.is_available():
+        tell_deepspeed_cpu()
     asked = _launch_sharding()
     if asked == DistributedType.FSDP:
         # Every process builds or loads the whole model itself, so FSDP's rank-0 loading (on by

@@ -36,7 +36,7 @@ from tokenizers import (
 )
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from mlm.cache import Processes, cached, digest, file_digest
+from mlm.cache import Processes, digest, file_digest, load_cached
 from mlm.config import MIN_VOCAB, TokenizerConfig, to_dict
 from mlm.errors import UserError, one_line
 from mlm.recipe import resolve_path
@@ -437,4 +437,4 @@ def prepare_tokenizer(config: TokenizerConfig, train: Dataset, corpus_key: str,
         key = "extended-" + digest({"corpus": corpus_key, "tok": to_dict(config),
                                     "base": file_digest(base_dir / "tokenizer.json"),
                                     "version": TOKENIZER_VERSION})
-    return load_tokenizer(cached(cache_dir, key, build, processes=processes))
+    return load_cached(cache_dir, key, build, load_tokenizer, processes=processes)

@@ -215,3 +215,30 @@ def test_a_model_too_large_for_this_machine_is_refused_before_it_is_built(tiny_r
     assert not out.exists()
     check_model_settings(ModelConfig(model_size="base"), 512)  # BERT-base fits: 1.6 GiB
     assert have > 2**30
+
+
+def test_a_damaged_cache_entry_is_built_again(tiny_recipe, tmp_path, capsys):
+    """Cache files cut short after they were made (a full disk, an interrupted copy) crashed
+    the next run with a pyarrow traceback, or refused it; each damaged entry (corpus, tokenizer,
+    blocks) is now built again with a note, and the run is the same as the first."""
+    from mlm.pretrain import pretrain
+
+    out = tmp_path / "run"
+    recipe = load_recipe(tiny_recipe(output_dir=str(out), max_steps=4, eval_steps=4))
+    pretrain(recipe)
+    first = json.loads((out / "run_summary.json").read_text())["final_val_loss"]
+    cache = out / "cache"
+    damaged = [next((cache / "corpus").glob("*/train/*.arrow")),
+               next((cache / "tokenizer").glob("*/tokenizer.json")),
+               next((cache / "blocks").glob("*/train.arrow"))]
+    for path in damaged:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    capsys.readouterr()
+    recipe = load_recipe(tiny_recipe(output_dir=str(out), max_steps=4, eval_steps=4,
+                                     overwrite_output_dir=True))
+    pretrain(recipe)
+    err = capsys.readouterr().err
+    for path in damaged:
+        entry = path.parent.parent if path.parent.name == "train" else path.parent
+        assert f"note: the cache entry {entry} is damaged" in err
+    assert json.loads((out / "run_summary.json").read_text())["final_val_loss"] == first

@@ -22,7 +22,7 @@ import datasets
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_from_disk
 
-from mlm.cache import Processes, cached
+from mlm.cache import Processes, cached, load_cached
 from mlm.config import Recipe
 from mlm.corpus.clean import clean_text, drop_reason
 from mlm.corpus.dedup import Deduper, Signer, exact_hash, unit_interval
@@ -258,8 +258,8 @@ def build_corpus(recipe: Recipe, output_dir: str | Path,
     files loads it without doing any work. Under a launch (`processes`) the main process builds.
     """
     key = corpus_fingerprint(recipe)
-    return load_from_disk(str(cached(output_dir, key, lambda tmp: _build(recipe, tmp, key),
-                                     processes=processes)))
+    return load_cached(output_dir, key, lambda tmp: _build(recipe, tmp, key),
+                       lambda path: load_from_disk(str(path)), processes=processes)
 
 
 def write_corpus(recipe: Recipe, dest: str | Path) -> tuple[DatasetDict, dict, bool]:

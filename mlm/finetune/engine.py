@@ -26,7 +26,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from mlm.cpus import resolve_precision
+from mlm.cpus import resolve_precision, tell_deepspeed_cpu
 from mlm.errors import Stopped, UserError, one_line
 from mlm.finetune.config import DEMO_MODEL, TrainConfig
 from mlm.modeling import param_groups, quiet_transformers, read_model_config
@@ -82,7 +82,10 @@ def run_state():
     Without an accelerator it joins the launcher's gloo group (MULTI_CPU) as pretraining does."""
     from accelerate import PartialState
 
-    return PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
+    cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    if cpu:
+        tell_deepspeed_cpu()
+    return PartialState(cpu=cpu)
 
 
 def run_device() -> torch.device:
