@@ -55,8 +55,6 @@ def test_readme_documents_every_flag():
 
 @pytest.mark.parametrize("flag, value, expected", [
     ("--per_device_train_batch_size", "0", "(--per_device_train_batch_size) = 0: allowed [1, 1048576]"),
-    ("--torch_threads", "1e300", "(--torch_threads) = 1e+300: allowed [1, 1024]"),
-    ("--min_frequency", "99999999999999999999", "(--min_frequency) = 1e+20: allowed [1, 9223372036854775807]"),
     ("--learning_rate", "-1", "(--learning_rate) = -1: allowed > 0"),
     ("--max_steps", "-3", "(--max_steps) = -3: allowed >= 1"),
     ("--max_steps", "0", "(--max_steps) = 0: allowed >= 1"),

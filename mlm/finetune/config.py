@@ -51,7 +51,8 @@ class DataConfig:
     outside it are an error. Without it, a validation/test label never seen in training is an error."""
     exclude_labels: str | None = None
     """Comma-separated labels whose examples are left out of every split: rows of a file that
-    are not part of the task (e.g. the `plot` rows beside `fresh`/`rotten` reviews)."""
+    are not part of the task (e.g. the `plot` rows beside `fresh`/`rotten` reviews). A label no
+    row has is reported in the task's notes (often a typo or another case)."""
     tokens_column: str = "tokens"
     """Field holding the words of a JSONL NER example."""
     tags_column: str = "tags"

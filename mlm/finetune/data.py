@@ -10,6 +10,7 @@ import functools
 import io
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,9 +201,10 @@ def _label_kind(value) -> str | None:
 
 
 @_utf8
-def read_classification(path: Path, cfg: DataConfig) -> list[TextExample]:
+def read_classification(path: Path, cfg: DataConfig,
+                        excluded: Counter | None = None) -> list[TextExample]:
     """Examples of a CSV/TSV/JSONL file (text, optional pair, label columns), or of a class
-    layout (folders, lines)."""
+    layout (folders, lines). `excluded` counts the rows `--exclude_labels` left out, per label."""
     fmt = _format_of(path, cfg.file_format)
     if fmt == "folders":
         return read_class_folders(path)[0]
@@ -213,7 +215,9 @@ def read_classification(path: Path, cfg: DataConfig) -> list[TextExample]:
     first_kind: tuple[str, str] | None = None  # (JSON type of the labels, where first seen)
     for lineno, row in _rows(path, fmt):
         where = f"{path}:{lineno}"
-        if skip and str(row.get(cfg.label_column, "")).strip() in skip:
+        if skip and (label := str(row.get(cfg.label_column, "")).strip()) in skip:
+            if excluded is not None:
+                excluded[label] += 1
             continue
         for col in (cfg.text_column, cfg.label_column, cfg.text_pair_column):
             if col is not None and col not in row:
@@ -497,6 +501,7 @@ def load_task(cfg: DataConfig, base: Path | None = None) -> TaskData:
             if not paths[name].exists():
                 raise UserError(f"{name} data not found: {paths[name]}")
     notes: list[str] = []
+    excluded: Counter = Counter()  # rows --exclude_labels left out, per label
     splits: dict = {"train_file": str(cfg.train_file), "split_seed": cfg.split_seed}
     test: list | None = None
     if cfg.task == "classification":
@@ -508,7 +513,7 @@ def load_task(cfg: DataConfig, base: Path | None = None) -> TaskData:
                 test = listed
                 splits["test_list"] = str(cfg.test_list)
         else:
-            pool = read_classification(train_path, cfg)
+            pool = read_classification(train_path, cfg, excluded)
             if cfg.test_list:
                 pool, test = split_listed(pool, train_path, resolve_path(cfg.test_list, base))
                 splits["test_list"] = str(cfg.test_list)
@@ -517,7 +522,7 @@ def load_task(cfg: DataConfig, base: Path | None = None) -> TaskData:
             if damaged:
                 notes.append(f"{train_path.name}: {len(damaged)} example(s) hold bytes that are "
                              f"not UTF-8, read as U+FFFD (first: {damaged[0]})")
-        read = lambda p: read_classification(p, cfg)  # noqa: E731
+        read = lambda p: read_classification(p, cfg, excluded)  # noqa: E731
     else:
         pool, n_rep = read_ner(train_path, cfg)
         if n_rep:
@@ -536,6 +541,11 @@ def load_task(cfg: DataConfig, base: Path | None = None) -> TaskData:
     if "test" in paths:
         test = read(paths["test"])
         splits["test_file"] = str(cfg.test_file)
+    if cfg.task == "classification" and fmt not in ("folders", "lines"):
+        absent = [x for x in cfg.label_list("exclude_labels") or [] if not excluded[x]]
+        if absent:  # most often a typo or another case ("Neutral" for "neutral")
+            notes.append(f"--exclude_labels: no row of {', '.join(paths[k].name for k in paths)} "
+                         f"has the label {', '.join(map(repr, absent))}")
     strat = cfg.task == "classification" and not cfg.multi_label
     source = str(train_path)
     whole_file = pool

@@ -172,3 +172,15 @@ def test_training_subsets_are_nested_stratified_prefixes():
     for size in (3, 10, 35, 70):
         counts = Counter(keys[i] for i in order[:size])
         assert all(abs(counts[k] - size * n / 70) <= 1 for k, n in (("a", 40), ("b", 20), ("c", 10))), counts
+
+
+def test_an_excluded_label_no_file_has_is_noted(tmp_path):
+    """--exclude_labels naming a label no row has (a typo, another case) leaves a note; one
+    that some file has does not."""
+    rows = [[f"text number {i} about something", ["neutral", "pos", "neg"][i % 3]] for i in range(60)]
+    train = write_csv(tmp_path / "train.csv", ["text", "label"], rows)
+    typo = load_task(DataConfig(train_file=str(train), exclude_labels="Neutral"))
+    assert typo.notes == ["--exclude_labels: no row of train.csv has the label 'Neutral'"]
+    assert {ex.labels[0] for ex in typo.train} == {"neutral", "pos", "neg"}
+    right = load_task(DataConfig(train_file=str(train), exclude_labels="neutral"))
+    assert right.notes == [] and {ex.labels[0] for ex in right.train} == {"pos", "neg"}
