@@ -46,10 +46,9 @@ def _number(v: float) -> str:
 def allowed_range(rng: tuple) -> str:
     """`(0, 1]`-style text of a field's range."""
     lo, hi, above, below = rng
-    num = _number
     if hi is None:
-        return f"{'>' if above else '>='} {num(lo)}"
-    return f"{'(' if above else '['}{num(lo)}, {num(hi)}{')' if below else ']'}"
+        return f"{'>' if above else '>='} {_number(lo)}"
+    return f"{'(' if above else '['}{_number(lo)}, {_number(hi)}{')' if below else ']'}"
 
 
 def check_ranges(obj: Any, where: str = "") -> None:
@@ -70,15 +69,15 @@ def check_ranges(obj: Any, where: str = "") -> None:
             continue
         lo, hi, above, below = rng
         if isinstance(value, int) and hi is None and value > INT_MAX:
-            rng = (lo, INT_MAX, above, below)  # every integer is held in 64 bits somewhere
-            hi = INT_MAX
+            hi = INT_MAX  # every integer is held in 64 bits somewhere
         inside = math.isfinite(value) and \
             (lo is None or (value > lo if above else value >= lo)) and \
             (hi is None or (value < hi if below else value <= hi))
         if not inside:
             # A section's fields are flags; those of a list item (a recipe's sources) are not.
             flag = "" if where.endswith("]") else f" (--{f.name})"
-            raise UserError(f"{here}{flag} = {_number(value)}: allowed {allowed_range(rng)}")
+            raise UserError(f"{here}{flag} = {_number(value)}: allowed "
+                            f"{allowed_range((lo, hi, above, below))}")
     if hasattr(obj, "check"):  # rules that tie fields together, beside them in the class
         obj.check()
 

@@ -307,8 +307,10 @@ def word_start_tables(backend: Tokenizer) -> tuple[np.ndarray, np.ndarray] | Non
 def _token_text(backend: Tokenizer):
     """The function from a vocabulary entry to the text it stands for, for the two markers
     of a word's leading space: byte-level BPE (GPT-2's byte alphabet, "Ġ" for a space) and
-    Metaspace ("▁"); None if the pre-tokenizer is neither."""
-    spec = json.loads(backend.to_str()).get("pre_tokenizer") or {}
+    Metaspace ("▁"); None if the pre-tokenizer is neither. Only the pre-tokenizer's settings
+    are read (its pickled JSON), not the whole tokenizer with its vocabulary and merges."""
+    pre = backend.pre_tokenizer
+    spec = json.loads(pre.__getstate__()) if pre is not None else {}
     parts = spec.get("pretokenizers", [spec]) if spec.get("type") == "Sequence" else [spec]
     kinds = {p.get("type"): p for p in parts}
     if "ByteLevel" in kinds:
